@@ -1,0 +1,1 @@
+"""RealMix library: data, augmentation, layers, models, training, evaluation, device shim."""

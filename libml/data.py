@@ -1,0 +1,179 @@
+"""Dataset ids, split files under $ML_DATA, and the tf.data input pipelines of the trainer."""
+
+import collections
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+from libml import augment, records
+from libml.utils import UserError, ml_data_dir
+
+DATASET_ID = re.compile(r'^(?P<name>[A-Za-z0-9_\-]+)\.(?P<seed>\d+)@(?P<size>\d+)(-(?P<valid>\d+))?$')
+K_UNLABELED_VIEWS = 2
+
+
+class SSLDataset(collections.namedtuple('SSLDataset', [
+        'dataset_id', 'name', 'seed', 'size', 'valid', 'label_file', 'unlabel_file', 'test_file',
+        'height', 'width', 'colors', 'nclass', 'class_names'])):
+    """A resolved dataset id: its files, image shape and classes."""
+
+    @property
+    def shape(self):
+        return [self.height, self.width, self.colors]
+
+
+def parse_dataset_id(dataset_id):
+    """Split `{name}.{seed}@{size}-{valid}` into (name, seed, size, valid); valid defaults to 0."""
+    match = DATASET_ID.match(dataset_id or '')
+    if not match:
+        raise UserError('dataset id %r is not of the form NAME.SEED@SIZE-VALID, e.g. cifar10.1@250-500'
+                        % dataset_id)
+    valid = int(match.group('valid') or 0)
+    return match.group('name'), int(match.group('seed')), int(match.group('size')), valid
+
+
+def split_prefix(name, seed, size, root=None):
+    return os.path.join(root or ml_data_dir(), 'SSL', '%s.%d@%d' % (name, seed, size))
+
+
+def _require(path, how):
+    if not os.path.isfile(path):
+        raise UserError('missing %s; create it with: %s' % (path, how))
+
+
+def resolve(dataset_id, root=None, nclass=0, image_size=0):
+    """Find the split, test and class-mapping files of a dataset id and read shape and classes."""
+    root = root or ml_data_dir()
+    name, seed, size, valid = parse_dataset_id(dataset_id)
+    prefix = split_prefix(name, seed, size, root)
+    test_file = os.path.join(root, '%s-test.tfrecord' % name)
+    split_cmd = ('python scripts/create_split.py --seed=%d --label_split_size=%d %s %s'
+                 % (seed, size, os.path.join(root, 'SSL', name), os.path.join(root, name + '-train.tfrecord')))
+    _require(test_file, 'python scripts/create_datasets.py %s (or custom --name=%s ...)' % (name, name))
+    _require(prefix + '-label.tfrecord', split_cmd)
+    _require(prefix + '-unlabel.tfrecord', split_cmd)
+    height, width, colors = _first_image_shape(prefix + '-label.tfrecord')
+    if image_size and image_size != height:
+        raise UserError('--img_size=%d but %s holds %dx%d images' % (image_size, prefix, height, width))
+    class_names = _class_names(root, name, [prefix + '-label.tfrecord', test_file])
+    if nclass and nclass < len(class_names):
+        raise UserError('--nclass=%d but the data has %d classes' % (nclass, len(class_names)))
+    if nclass:
+        class_names = class_names + [str(i) for i in range(len(class_names), nclass)]
+    return SSLDataset(dataset_id, name, seed, size, valid, prefix + '-label.tfrecord',
+                      prefix + '-unlabel.tfrecord', test_file, height, width, colors,
+                      len(class_names), class_names)
+
+
+def _first_image_shape(path):
+    for _, image, _ in records.read_records(path):
+        return records.decode_image(image).shape
+    raise UserError('%s holds no records; recreate the split' % path)
+
+
+def _class_names(root, name, label_files):
+    """Class names from {name}_class_mappings.json, else '0'..'C-1' from the largest label seen."""
+    mapping = os.path.join(root, '%s_class_mappings.json' % name)
+    if os.path.isfile(mapping):
+        with open(mapping) as f:
+            names = json.load(f)
+        return [names[str(i)] for i in range(len(names))]
+    top = max(label for path in label_files for _, _, label in records.read_records(path))
+    return [str(i) for i in range(top + 1)]
+
+
+def _parse(serialized, shape):
+    features = tf.parse_single_example(serialized, features={
+        'image': tf.FixedLenFeature([], tf.string),
+        'label': tf.FixedLenFeature([], tf.int64)})
+    image = tf.image.decode_png(features['image'], channels=shape[2])
+    image.set_shape(shape)
+    return image, features['label']
+
+
+def _to_float(image):
+    return tf.cast(image, tf.float32) * (2. / 255) - 1
+
+
+def _decoded(path, shape, skip=0):
+    """Records of a file decoded to uint8 once and cached in memory."""
+    ds = tf.data.TFRecordDataset(path).skip(skip)
+    return ds.map(lambda s: _parse(s, shape), num_parallel_calls=2).cache()
+
+
+def labeled_pipeline(data, batch, augment_kind, shuffle_buffer=None):
+    """Endless augmented labeled batches: dict(image=[B,H,W,C] float, label=[B] int64)."""
+    augment_fn = augment.get(augment_kind)
+    ds = _decoded(data.label_file, data.shape).shuffle(shuffle_buffer or data.size).repeat()
+    ds = ds.map(lambda image, label: dict(image=augment_fn(_to_float(image)), label=label),
+                num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.batch(batch, drop_remainder=True).prefetch(4)
+
+
+def unlabeled_pipeline(data, batch, augment_kind, shuffle_buffer=50000):
+    """Endless unlabeled batches, each image augmented K=2 times: dict(image=[B,K,H,W,C])."""
+    augment_fn = augment.get(augment_kind)
+
+    def views(image, label):
+        del label
+        image = _to_float(image)
+        return dict(image=tf.stack([augment_fn(image) for _ in range(K_UNLABELED_VIEWS)]))
+
+    ds = _decoded(data.unlabel_file, data.shape, skip=data.valid).shuffle(shuffle_buffer).repeat()
+    ds = ds.map(views, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.batch(batch, drop_remainder=True).prefetch(4)
+
+
+def batches(dataset):
+    """The next-batch tensors of a dataset, read directly by the train op."""
+    return tf.data.make_one_shot_iterator(dataset).get_next()
+
+
+def load_eval_sets(data):
+    """The labeled, validation and test sets as uint8 arrays, decoded once for every evaluation."""
+    labeled = records.load_arrays(data.label_file)
+    test = records.load_arrays(data.test_file)
+    valid = _take_valid(data)
+    return collections.OrderedDict([('labeled', labeled), ('valid', valid), ('test', test)])
+
+
+def _take_valid(data):
+    """The first `valid` unlabeled records (with their true labels) as the validation set."""
+    images, labels = [], []
+    for index, image, label in records.read_records(data.unlabel_file):
+        if index >= data.valid:
+            break
+        if label < 0:
+            raise UserError('%s record %d has no label, so it cannot serve as validation; use -0 '
+                            'as the validation size' % (data.unlabel_file, index))
+        images.append(records.decode_image(image))
+        labels.append(label)
+    if len(images) < data.valid:
+        raise UserError('validation size %d exceeds the %d unlabeled records of %s'
+                        % (data.valid, len(images), data.unlabel_file))
+    if not images:
+        return np.zeros([0] + data.shape, np.uint8), np.zeros([0], np.int64)
+    return np.stack(images), np.array(labels, np.int64)
+
+
+def to_float(images):
+    """uint8 images to the network's [-1, 1] float range (numpy)."""
+    return images.astype(np.float32) * (2. / 255) - 1
+
+
+def load_tune_images(data, count):
+    """Up to `count` un-augmented training images (labeled first, then unlabeled after the
+    validation records) for re-estimating batch-norm statistics; None when count is 0."""
+    if count <= 0:
+        return None
+    images = []
+    for path, skip in ((data.label_file, 0), (data.unlabel_file, data.valid)):
+        for index, image, _ in records.read_records(path):
+            if len(images) >= count:
+                break
+            if index >= skip:
+                images.append(records.decode_image(image))
+    return np.stack(images)

@@ -1,0 +1,166 @@
+"""One evaluation routine for every report: accuracy table, tuned batch norm, class metrics, inference."""
+
+import collections
+import json
+import os
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from sklearn import metrics
+
+from libml import data, layers
+from libml.utils import UserError, write_text_atomic
+
+ROWS = ('raw', 'ema', 'tuned_raw', 'tuned_ema')
+SUBSETS = ('labeled', 'valid', 'test')
+
+
+def ema_getter(ema):
+    """Custom getter that swaps every model variable for its moving average."""
+    def custom_getter(getter, *args, **kwargs):
+        return ema.average(getter(*args, **kwargs))
+    return custom_getter
+
+
+def evaluation_towers(classify, ema, images_shape):
+    """Inference towers (raw and EMA weights) and training-mode towers exposing batch moments."""
+    images = tf.placeholder(tf.float32, images_shape, 'eval_images')
+    ops = dict(eval_images=images)
+    for kind, getter in (('raw', None), ('ema', ema_getter(ema))):
+        ops['probs_' + kind] = tf.nn.softmax(classify(images, training=False, getter=getter))
+        first = len(tf.get_collection(layers.BN_MOMENTS))
+        classify(images, training=True, update_stats=False, getter=getter)
+        ops['moments_' + kind] = tf.get_collection(layers.BN_MOMENTS)[first:]
+    return ops
+
+
+class Evaluator(object):
+    """Evaluates a session's model on fixed in-memory sets; never rebuilds the graph or rereads files."""
+
+    def __init__(self, session, ops, eval_sets, tune_images, class_names):
+        self.session = session
+        self.ops = ops
+        self.eval_sets = collections.OrderedDict(
+            (name, (data.to_float(images), labels)) for name, (images, labels) in eval_sets.items())
+        self.tune_images = data.to_float(tune_images) if tune_images is not None else None
+        self.class_names = class_names
+        self.batch = int(ops['eval_images'].shape[0])
+
+    def _batches(self, images):
+        """Fixed-size batches (the last one padded), so every device sees one static shape."""
+        for start in range(0, len(images), self.batch):
+            chunk = images[start:start + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            yield chunk, self.batch - pad
+
+    def predict(self, images, kind='ema'):
+        """Class probabilities for float images with raw or EMA weights."""
+        out = [self.session.run(self.ops['probs_' + kind], {self.ops['eval_images']: chunk})[:real]
+               for chunk, real in self._batches(images)]
+        nclass = int(self.ops['probs_' + kind].shape[1])
+        return np.concatenate(out) if out else np.zeros([0, nclass], np.float32)
+
+    def _estimate_moments(self, kind):
+        """Average batch means and variances of every BN layer over the tune images."""
+        moments = self.ops['moments_' + kind]
+        fetch = [(mean, variance) for _, _, mean, variance in moments]
+        total, count = None, 0
+        for chunk, real in self._batches(self.tune_images):
+            if real < self.batch:
+                break  # A padded batch would bias the statistics.
+            values = self.session.run(fetch, {self.ops['eval_images']: chunk})
+            total = values if total is None else [
+                (m0 + m1, v0 + v1) for (m0, v0), (m1, v1) in zip(total, values)]
+            count += 1
+        return [(m / count, v / count) for m, v in total]
+
+    def _predict_tuned(self, kind):
+        """Predictions with re-estimated BN statistics; the model's own statistics are restored."""
+        targets = [(mean_var, var_var) for mean_var, var_var, _, _ in self.ops['moments_' + kind]]
+        saved = self.session.run(targets)
+        try:
+            for (mean_var, var_var), (mean, variance) in zip(targets, self._estimate_moments(kind)):
+                mean_var.load(mean, self.session)
+                var_var.load(variance, self.session)
+            return {name: self.predict(images, kind) for name, (images, _) in self.eval_sets.items()}
+        finally:
+            for (mean_var, var_var), (mean, variance) in zip(targets, saved):
+                mean_var.load(mean, self.session)
+                var_var.load(variance, self.session)
+
+    def evaluate(self):
+        """The accuracy table plus per-class and precision/recall/F1 metrics of the EMA model."""
+        predictions = collections.OrderedDict()
+        for kind in ('raw', 'ema'):
+            predictions[kind] = {name: self.predict(images, kind)
+                                 for name, (images, _) in self.eval_sets.items()}
+        if self.tune_images is not None and len(self.tune_images) >= self.batch:
+            for kind in ('raw', 'ema'):
+                predictions['tuned_' + kind] = self._predict_tuned(kind)
+        table = collections.OrderedDict(
+            (row, collections.OrderedDict((name, _accuracy(probs, self.eval_sets[name][1]))
+                                          for name, probs in by_set.items()))
+            for row, by_set in predictions.items())
+        report = dict(table=table)
+        report.update(class_metrics(predictions['ema']['test'], self.eval_sets['test'][1],
+                                    self.class_names))
+        return report
+
+
+def _accuracy(probs, labels):
+    if not len(labels):
+        return float('nan')
+    return float((probs.argmax(1) == labels).mean() * 100)
+
+
+def class_metrics(probs, labels, class_names):
+    """Per-class accuracy and macro / weighted precision, recall and F1 (percent)."""
+    predicted = probs.argmax(1)
+    per_class = collections.OrderedDict()
+    for index, name in enumerate(class_names):
+        members = labels == index
+        per_class[name] = float((predicted[members] == index).mean() * 100) if members.any() else None
+    out = dict(per_class_test_accuracy=per_class)
+    for average in ('macro', 'weighted'):
+        p, r, f, _ = metrics.precision_recall_fscore_support(
+            labels, predicted, labels=list(range(len(class_names))), average=average, zero_division=0)
+        out.update({'precision_' + average: p * 100, 'recall_' + average: r * 100,
+                    'f1_' + average: f * 100})
+    return out
+
+
+def format_table(table):
+    """The result table of DESIGN.md section 4."""
+    lines = ['%16s %8s %8s %8s' % ('', 'labeled', 'valid', 'test')]
+    for row, values in table.items():
+        cells = ['%.2f' % values[s] if not np.isnan(values[s]) else '-' for s in SUBSETS]
+        lines.append('%16s %8s %8s %8s' % tuple([row] + cells))
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(folder, report, step):
+    """result.txt (the table) and stats.json (everything) in the run folder, atomically."""
+    write_text_atomic(os.path.join(folder, 'result.txt'), format_table(report['table']))
+    stats = dict(report, step=int(step), kimg=step / 1024.)
+    write_text_atomic(os.path.join(folder, 'stats.json'),
+                      json.dumps(stats, indent=2, default=_json_number) + '\n')
+
+
+def _json_number(value):
+    return None if value != value else float(value)
+
+
+def summary_values(report):
+    """(tag, value) pairs for TensorBoard: accuracy/{subset} is the EMA row, as in MixMatch."""
+    for row, values in report['table'].items():
+        for subset, value in values.items():
+            if not np.isnan(value):
+                yield ('accuracy/%s' % subset if row == 'ema' else 'accuracy/%s/%s' % (row, subset)), value
+    for name, value in report['per_class_test_accuracy'].items():
+        if value is not None:
+            yield 'class_accuracy/%s' % name, value
+    for key in ('precision', 'recall', 'f1'):
+        for average in ('macro', 'weighted'):
+            yield 'metrics/%s_%s' % (key, average), report['%s_%s' % (key, average)]

@@ -1,0 +1,128 @@
+"""Network layers built from tf.get_variable and tf.nn, plus the MixMatch batch helpers.
+
+Layer and variable names follow tf.layers' conventions (`conv2d_3/kernel`,
+`batch_normalization_7/moving_mean`, `dense/bias`) so checkpoints of the reference code load.
+"""
+
+import collections
+
+import tensorflow.compat.v1 as tf
+
+# Per batch-norm layer in training mode: (moving_mean, moving_variance, batch_mean, batch_variance).
+# Read by the evaluation's "tuned" pass to re-estimate statistics without touching training state.
+BN_MOMENTS = 'realmix_bn_batch_moments'
+
+
+class LayerNamer(object):
+    """Gives tf.layers-style unique names (`conv2d`, `conv2d_1`, ...) within one network call."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+
+    def __call__(self, base):
+        index = self.counts[base]
+        self.counts[base] += 1
+        return base if index == 0 else '%s_%d' % (base, index)
+
+
+def conv2d(x, filters, kernel_size, name, stride=1, stddev=None):
+    """Same-padded 2-D convolution with bias; kernel ~ N(0, stddev), default He-like 1/(0.5 k^2 f)."""
+    channels = int(x.shape[-1])
+    if stddev is None:
+        stddev = (0.5 * kernel_size * kernel_size * filters) ** -0.5
+    with tf.variable_scope(name):
+        kernel = tf.get_variable('kernel', [kernel_size, kernel_size, channels, filters],
+                                 initializer=tf.random_normal_initializer(stddev=stddev))
+        bias = tf.get_variable('bias', [filters], initializer=tf.zeros_initializer())
+        y = tf.nn.conv2d(x, kernel, strides=[1, stride, stride, 1], padding='SAME')
+        return tf.nn.bias_add(y, bias)
+
+
+def dense(x, units, name):
+    """Fully connected layer with Glorot-normal kernel and zero bias."""
+    with tf.variable_scope(name):
+        kernel = tf.get_variable('kernel', [int(x.shape[-1]), units],
+                                 initializer=tf.glorot_normal_initializer())
+        bias = tf.get_variable('bias', [units], initializer=tf.zeros_initializer())
+        return tf.nn.bias_add(tf.matmul(x, kernel), bias)
+
+
+def batch_norm(x, training, name, update_stats=True, momentum=0.999, epsilon=1e-3):
+    """Batch normalisation over all but the last axis.
+
+    In training mode it normalises with the batch moments and, when `update_stats`, adds the
+    moving-average updates to UPDATE_OPS; in inference mode it uses the moving averages.
+    """
+    channels = int(x.shape[-1])
+    axes = list(range(len(x.shape) - 1))
+    with tf.variable_scope(name):
+        gamma = tf.get_variable('gamma', [channels], initializer=tf.ones_initializer())
+        beta = tf.get_variable('beta', [channels], initializer=tf.zeros_initializer())
+        moving_mean = tf.get_variable('moving_mean', [channels], trainable=False,
+                                      initializer=tf.zeros_initializer())
+        moving_variance = tf.get_variable('moving_variance', [channels], trainable=False,
+                                          initializer=tf.ones_initializer())
+        if not training:
+            return tf.nn.batch_normalization(x, moving_mean, moving_variance, beta, gamma, epsilon)
+        mean, variance = tf.nn.moments(x, axes)
+        tf.add_to_collection(BN_MOMENTS, (moving_mean, moving_variance, mean, variance))
+        if update_stats:
+            for moving, value in ((moving_mean, mean), (moving_variance, variance)):
+                update = tf.assign_sub(moving, (moving - value) * (1 - momentum))
+                tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, update)
+        return tf.nn.batch_normalization(x, mean, variance, beta, gamma, epsilon)
+
+
+def leaky_relu(x):
+    return tf.nn.leaky_relu(x, alpha=0.1)
+
+
+def sharpen(p, temperature):
+    """Lower the entropy of each row of distributions p: p^(1/T), renormalised."""
+    p = tf.pow(p, 1. / temperature)
+    return p / tf.reduce_sum(p, axis=1, keepdims=True)
+
+
+def sample_beta(alpha, shape):
+    """Beta(alpha, alpha) samples from two Gamma draws (tf.distributions is gone from TF 2.x)."""
+    a = tf.random.gamma(shape, alpha)
+    b = tf.random.gamma(shape, alpha)
+    return a / (a + b)
+
+
+def mixup(images, targets, beta):
+    """MixUp every example with a random partner of the same stack, weight max(lam, 1-lam) >= 0.5.
+
+    Returns the mixed images, mixed targets and the per-example weights lam' used.
+    """
+    count = int(images.shape[0])
+    lam = sample_beta(beta, [count])
+    lam = tf.maximum(lam, 1 - lam)
+    partner = tf.random.shuffle(tf.range(count))
+    lam_images = tf.reshape(lam, [count] + [1] * (len(images.shape) - 1))
+    mixed_images = images * lam_images + tf.gather(images, partner) * (1 - lam_images)
+    mixed_targets = targets * lam[:, None] + tf.gather(targets, partner) * (1 - lam[:, None])
+    return mixed_images, mixed_targets, lam
+
+
+def interleave_offsets(batch, groups):
+    """Slice boundaries splitting `batch` rows into `groups` near-equal parts (extras go last)."""
+    sizes = [batch // groups] * groups
+    for i in range(batch - sum(sizes)):
+        sizes[-i - 1] += 1
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
+def interleave(batches, batch):
+    """Swap slice i of batch 0 with slice i of batch i, so every batch mixes all sources.
+
+    Applying it twice restores the original order (the swap is its own inverse).
+    """
+    offsets = interleave_offsets(batch, len(batches))
+    parts = [[v[offsets[p]:offsets[p + 1]] for p in range(len(batches))] for v in batches]
+    for i in range(1, len(batches)):
+        parts[0][i], parts[i][i] = parts[i][i], parts[0][i]
+    return [tf.concat(p, axis=0) for p in parts]

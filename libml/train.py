@@ -1,0 +1,168 @@
+"""The training loop: session, checkpoints and resume, progress bar, summaries, evaluation per epoch."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+
+from libml import data, evaluation
+from libml.utils import UserError, write_text_atomic
+
+SUMMARY_EVERY_NIMG = 1024
+
+
+class Trainer(object):
+    """Owns one run folder: TRAIN_DIR/DATASET/EXPERIMENT/{tf,args}/, result.txt, stats.json."""
+
+    def __init__(self, run_dir, hp, dataset, device, build_graph, seed=0):
+        self.run_dir = run_dir
+        self.hp = hp
+        self.dataset = dataset
+        self.device = device
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            if seed:
+                tf.set_random_seed(seed)
+            labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
+            unlabeled = None
+            if hp['method'] != 'supervised':
+                unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
+            self.ops = build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=(labeled, unlabeled))
+            self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'])
+            self.init_op = tf.global_variables_initializer()
+            self.head_free_saver = _head_free_saver()
+        self.graph.finalize()
+
+    @property
+    def checkpoint_dir(self):
+        return os.path.join(self.run_dir, 'tf')
+
+    def _session(self):
+        return tf.Session(graph=self.graph, config=self.device.session_config())
+
+    def _evaluator(self, session):
+        eval_sets = data.load_eval_sets(self.dataset)
+        tune_images = data.load_tune_images(self.dataset, self.hp['tune_kimg'] << 10)
+        return evaluation.Evaluator(session, self.ops, eval_sets, tune_images, self.dataset.class_names)
+
+    def _save_args(self):
+        write_text_atomic(os.path.join(self.run_dir, 'args', 'args.json'),
+                          json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
+
+    def _start(self, session, load_checkpoint):
+        """Resume from the newest checkpoint, else initialise (optionally from another run)."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
+            self.saver.restore(session, latest)
+            print('Resumed from %s' % latest)
+            return
+        session.run(self.init_op)
+        if load_checkpoint:
+            self.head_free_saver.restore(session, _checkpoint_path(load_checkpoint))
+            print('Weights (without the classifier head) from %s' % load_checkpoint)
+
+    def train(self, load_checkpoint=''):
+        self._save_args()
+        print(self.device.describe())
+        print('Run folder %s' % self.run_dir)
+        with self._session() as session:
+            self._start(session, load_checkpoint)
+            evaluator = self._evaluator(session)
+            writer = tf.summary.FileWriter(self.checkpoint_dir)
+            try:
+                self._loop(session, evaluator, writer)
+            finally:
+                writer.close()
+
+    def _loop(self, session, evaluator, writer):
+        hp = self.hp
+        step = session.run(self.ops['step'])
+        report_nimg, save_nimg = hp['report_kimg'] << 10, hp['save_kimg'] << 10
+        total_nimg = hp['total_nimg']
+        if step >= total_nimg:
+            print('Training already complete at %d images (%d kimg).' % (step, step >> 10))
+            if not os.path.exists(os.path.join(self.run_dir, 'result.txt')):
+                self._report(session, evaluator, writer, step)
+            return
+        fetch = dict(train_op=self.ops['train_op'], step=self.ops['step'], losses=self.ops['losses'])
+        summary_every = max(1, SUMMARY_EVERY_NIMG // hp['batch'])
+        while step < total_nimg:
+            epoch = step // report_nimg
+            epoch_end = min((epoch + 1) * report_nimg, total_nimg)
+            bar = tqdm(total=report_nimg, initial=step - epoch * report_nimg, unit='img',
+                       desc='Epoch %d/%d' % (epoch + 1, -(-hp['train_kimg'] // hp['report_kimg'])),
+                       leave=False, mininterval=1.)
+            history = []
+            while step < epoch_end:
+                out = session.run(fetch)
+                previous, step = step, out['step']
+                bar.update(step - previous)
+                history.append(out['losses'])
+                if len(history) % summary_every == 0:
+                    _write_scalars(writer, step, _mean_losses(history[-summary_every:]), 'losses/')
+                if step // save_nimg != previous // save_nimg and step < epoch_end:
+                    self._save(session, step)
+            bar.close()
+            self._report(session, evaluator, writer, step, _mean_losses(history))
+            self._save(session, step)
+
+    def _save(self, session, step):
+        self.saver.save(session, os.path.join(self.checkpoint_dir, 'model.ckpt'), global_step=step)
+
+    def _report(self, session, evaluator, writer, step, losses=None):
+        """Evaluate, print the table, write result.txt / stats.json and the summaries."""
+        report = evaluator.evaluate()
+        evaluation.write_report(self.run_dir, report, step)
+        _write_scalars(writer, step, dict(evaluation.summary_values(report)))
+        _write_scalars(writer, step, {'progress/kimg': step / 1024.,
+                                      'progress/fraction': step / float(self.hp['total_nimg'])})
+        line = 'kimg %d' % (step >> 10)
+        if losses:
+            line += '  ' + '  '.join('%s %.4f' % kv for kv in sorted(losses.items()))
+        tqdm.write(line + '\n' + evaluation.format_table(report['table']))
+        writer.flush()
+        return report
+
+    def evaluate_checkpoint(self, checkpoint):
+        """Evaluate one checkpoint (no training): print the table, write result.txt and stats.json."""
+        path = _checkpoint_path(checkpoint)
+        with self._session() as session:
+            self.saver.restore(session, path)
+            step = session.run(self.ops['step'])
+            report = self._evaluator(session).evaluate()
+        evaluation.write_report(self.run_dir, report, step)
+        print('Checkpoint %s at %d images (%d kimg)' % (path, step, step >> 10))
+        print(evaluation.format_table(report['table']))
+        return report
+
+
+def _head_free_saver():
+    """A saver over the model and its EMA shadows, without the classifier head (dense layer)."""
+    names = [v for v in tf.global_variables('classify')
+             if '/dense' not in v.op.name and '/Adam' not in v.op.name]
+    return tf.train.Saver(var_list=names)
+
+
+def _checkpoint_path(path):
+    """A checkpoint prefix, or a folder holding checkpoints (its newest); UserError when missing."""
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest
+        raise UserError('no checkpoint in folder %s; pass a path like RUN/tf/model.ckpt-65536' % path)
+    if not os.path.isfile(path + '.index'):
+        raise UserError('checkpoint %s does not exist (no %s.index); pass a path like '
+                        'RUN/tf/model.ckpt-65536 or a run\'s tf/ folder' % (path, path))
+    return path
+
+
+def _mean_losses(history):
+    return {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
+
+
+def _write_scalars(writer, step, values, prefix=''):
+    summary = tf.Summary(value=[tf.Summary.Value(tag=prefix + tag, simple_value=float(value))
+                                for tag, value in values.items()])
+    writer.add_summary(summary, step)
