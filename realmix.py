@@ -12,6 +12,7 @@ One training step (DESIGN.md section 4):
 """
 
 import os
+import warnings
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow loads: keep C++ logs quiet.
 
@@ -152,7 +153,7 @@ def build_graph(hp, shape, nclass, device, pipelines=None):
     classify = models.make_classifier(hp['arch'], nclass, hp['scales'], hp['filters'], hp['repeat'])
     step = tf.train.get_or_create_global_step()
     ops = dict(step=step)
-    ema = None
+    ema = hp['ema']
     if pipelines is not None:
         labeled_batch, unlabeled_batch = pipelines
         if hp['method'] == 'supervised':
@@ -162,10 +163,7 @@ def build_graph(hp, shape, nclass, device, pipelines=None):
             losses = realmix_losses(labeled_batch, views, classify, hp, step, nclass)
         ops['train_op'], ema = training_update(losses, hp, step, device)
         ops['losses'] = losses
-    if ema is None:  # Evaluation-only graph: the same shadow variable names as in training.
-        ema = tf.train.ExponentialMovingAverage(decay=hp['ema'])
-        ema.apply(tf.global_variables('classify'))
-    ops.update(evaluation.evaluation_towers(classify, ema, [hp['eval_batch']] + shape))
+    ops.update(evaluation.evaluation_towers(classify, [hp['eval_batch']] + shape, ema))
     return ops
 
 
@@ -268,18 +266,21 @@ def main(argv):
         raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
     device = npu_config.setup(FLAGS.device, FLAGS.precision, log=print)
     if FLAGS.perform_inference:
-        return inference.run_inference(FLAGS.inference_dir, FLAGS.inference_ckpt, device, build_graph)
+        inference.run_inference(FLAGS.inference_dir, FLAGS.inference_ckpt, device, build_graph)
+        return
     dataset = data.resolve(FLAGS.dataset, nclass=FLAGS.nclass, image_size=FLAGS.img_size)
     hp = hyper_parameters(FLAGS, dataset)
     check_flags(hp)
     run_dir = os.path.join(FLAGS.train_dir, dataset.dataset_id, experiment_name(hp))
     trainer = train.Trainer(run_dir, hp, dataset, device, build_graph, seed=FLAGS.seed)
     if FLAGS.eval_ckpt:
-        return trainer.evaluate_checkpoint(FLAGS.eval_ckpt)
-    trainer.train(load_checkpoint=FLAGS.load_checkpoint)
+        trainer.evaluate_checkpoint(FLAGS.eval_ckpt)
+    else:
+        trainer.train(load_checkpoint=FLAGS.load_checkpoint)
 
 
 if __name__ == '__main__':
     tf.logging.set_verbosity(tf.logging.ERROR)
+    warnings.filterwarnings('ignore', message='Seed .* from outer graph')  # --seed covers tf.data too.
     tf.disable_v2_behavior()
     app.run(cli_main(main))

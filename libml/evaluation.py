@@ -22,12 +22,19 @@ def ema_getter(ema):
     return custom_getter
 
 
-def evaluation_towers(classify, ema, images_shape):
-    """Inference towers (raw and EMA weights) and training-mode towers exposing batch moments."""
+def evaluation_towers(classify, images_shape, ema):
+    """Inference towers (raw and EMA weights) and training-mode towers exposing batch moments.
+
+    `ema` is the training graph's ExponentialMovingAverage, or a decay for an evaluation-only graph
+    (its shadow variables then get the names a training checkpoint holds).
+    """
     images = tf.placeholder(tf.float32, images_shape, 'eval_images')
-    ops = dict(eval_images=images)
+    ops = dict(eval_images=images, probs_raw=tf.nn.softmax(classify(images, training=False)))
+    if not isinstance(ema, tf.train.ExponentialMovingAverage):
+        ema = tf.train.ExponentialMovingAverage(decay=ema)
+        ema.apply(tf.global_variables('classify'))
+    ops['probs_ema'] = tf.nn.softmax(classify(images, training=False, getter=ema_getter(ema)))
     for kind, getter in (('raw', None), ('ema', ema_getter(ema))):
-        ops['probs_' + kind] = tf.nn.softmax(classify(images, training=False, getter=getter))
         first = len(tf.get_collection(layers.BN_MOMENTS))
         classify(images, training=True, update_stats=False, getter=getter)
         ops['moments_' + kind] = tf.get_collection(layers.BN_MOMENTS)[first:]

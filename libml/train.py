@@ -1,7 +1,9 @@
 """The training loop: session, checkpoints and resume, progress bar, summaries, evaluation per epoch."""
 
+import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -53,6 +55,7 @@ class Trainer(object):
 
     def _start(self, session, load_checkpoint):
         """Resume from the newest checkpoint, else initialise (optionally from another run)."""
+        _remove_partial_saves(self.checkpoint_dir)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest:
             self.saver.restore(session, latest)
@@ -60,7 +63,7 @@ class Trainer(object):
             return
         session.run(self.init_op)
         if load_checkpoint:
-            self.head_free_saver.restore(session, _checkpoint_path(load_checkpoint))
+            self.head_free_saver.restore(session, checkpoint_path(load_checkpoint))
             print('Weights (without the classifier head) from %s' % load_checkpoint)
 
     def train(self, load_checkpoint=''):
@@ -109,7 +112,9 @@ class Trainer(object):
             self._save(session, step)
 
     def _save(self, session, step):
-        self.saver.save(session, os.path.join(self.checkpoint_dir, 'model.ckpt'), global_step=step)
+        # No .meta file: the graph is always rebuilt from args/args.json.
+        self.saver.save(session, os.path.join(self.checkpoint_dir, 'model.ckpt'), global_step=step,
+                        write_meta_graph=False)
 
     def _report(self, session, evaluator, writer, step, losses=None):
         """Evaluate, print the table, write result.txt / stats.json and the summaries."""
@@ -127,7 +132,7 @@ class Trainer(object):
 
     def evaluate_checkpoint(self, checkpoint):
         """Evaluate one checkpoint (no training): print the table, write result.txt and stats.json."""
-        path = _checkpoint_path(checkpoint)
+        path = checkpoint_path(checkpoint)
         with self._session() as session:
             self.saver.restore(session, path)
             step = session.run(self.ops['step'])
@@ -138,6 +143,15 @@ class Trainer(object):
         return report
 
 
+def _remove_partial_saves(folder):
+    """Delete what a save killed midway leaves (TensorFlow's *_temp* folders, *.tmp* files)."""
+    for path in glob.glob(os.path.join(folder, '*_temp*')) + glob.glob(os.path.join(folder, '*.tmp*')):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
 def _head_free_saver():
     """A saver over the model and its EMA shadows, without the classifier head (dense layer)."""
     names = [v for v in tf.global_variables('classify')
@@ -145,7 +159,7 @@ def _head_free_saver():
     return tf.train.Saver(var_list=names)
 
 
-def _checkpoint_path(path):
+def checkpoint_path(path):
     """A checkpoint prefix, or a folder holding checkpoints (its newest); UserError when missing."""
     if os.path.isdir(path):
         latest = tf.train.latest_checkpoint(path)

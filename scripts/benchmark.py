@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Training speed in labeled img/s: the full pipeline against the bare train op on constant inputs.
+
+    python scripts/benchmark.py --dataset=cifar10.1@4000-0 --precision=fp32,mixed
+
+Without --dataset it writes a synthetic 32x32 RGB dataset to a temporary folder. Each setting is
+timed --repeats times for --steps steps after --warmup steps; the medians are printed.
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from absl import app, flags
+
+import realmix
+from libml import data, npu_config, records
+from libml.utils import cli_main
+
+flags.DEFINE_string('modes', 'pipeline,constant', 'pipeline (tf.data input, EMA, weight decay) and/or '
+                    'constant (the same train op fed with constant in-graph tensors).')
+flags.DEFINE_string('precisions', 'fp32', 'Comma-separated precisions to time.')
+flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
+flags.DEFINE_integer('warmup', 5, 'Untimed steps before timing.')
+flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
+FLAGS = flags.FLAGS
+
+
+def synthetic_dataset(root, count=2048, size=32, nclass=10):
+    """A random-pixel dataset with the real file layout, for timing only."""
+    rng = np.random.RandomState(0)
+    os.makedirs(os.path.join(root, 'SSL'), exist_ok=True)
+
+    def write(path, n):
+        images = rng.randint(0, 256, [n, size, size, 3]).astype(np.uint8)
+        labels = np.arange(n) % nclass
+        records.write_records(path, (records.make_example(records.encode_png(i), int(l))
+                                     for i, l in zip(images, labels)))
+    write(os.path.join(root, 'synthetic-test.tfrecord'), 256)
+    write(os.path.join(root, 'SSL', 'synthetic.1@256-label.tfrecord'), 256)
+    write(os.path.join(root, 'SSL', 'synthetic.1@256-unlabel.tfrecord'), count)
+    return 'synthetic.1@256-0'
+
+
+def constant_inputs(labeled, unlabeled):
+    """One real batch of each pipeline, frozen into in-graph constants."""
+    with tf.Session() as session:
+        values = session.run([labeled, unlabeled])
+    return ({k: tf.constant(v) for k, v in values[0].items()},
+            {k: tf.constant(v) for k, v in values[1].items()})
+
+
+def time_setting(dataset, hp, precision, mode):
+    """Median labeled images per second of the train op over the repeats."""
+    device = npu_config.setup(FLAGS.device, precision, log=lambda *a: None)
+    with tf.Graph().as_default():
+        labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
+        unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
+        if mode == 'constant':
+            labeled, unlabeled = constant_inputs(labeled, unlabeled)
+        ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device,
+                                  pipelines=(labeled, unlabeled))
+        with tf.Session(config=device.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            for _ in range(FLAGS.warmup):
+                session.run(ops['train_op'])
+            rates = []
+            for _ in range(FLAGS.repeats):
+                start = time.time()
+                for _ in range(FLAGS.steps):
+                    session.run(ops['train_op'])
+                rates.append(FLAGS.steps * hp['batch'] / (time.time() - start))
+    return float(np.median(rates)), device.describe()
+
+
+def main(argv):
+    del argv
+    dataset_id = FLAGS.dataset
+    if not FLAGS['dataset'].present:
+        os.environ['ML_DATA'] = tempfile.mkdtemp(prefix='realmix-bench-')
+        dataset_id = synthetic_dataset(os.environ['ML_DATA'])
+    dataset = data.resolve(dataset_id)
+    hp = realmix.hyper_parameters(FLAGS, dataset)
+    print('%s, arch=%s filters=%d repeat=%d scales=%d batch=%d, %d CPU cores'
+          % (dataset_id, hp['arch'], hp['filters'], hp['repeat'], hp['scales'], hp['batch'],
+             os.cpu_count()))
+    results = {}
+    for precision in FLAGS.precisions.split(','):
+        for mode in FLAGS.modes.split(','):
+            rate, described = time_setting(dataset, hp, precision, mode)
+            results[(precision, mode)] = rate
+            print('%-8s %-9s %8.1f img/s   (%s; median of %d x %d steps)'
+                  % (precision, mode, rate, described, FLAGS.repeats, FLAGS.steps))
+    for precision in FLAGS.precisions.split(','):
+        if (precision, 'pipeline') in results and (precision, 'constant') in results:
+            print('%s: pipeline / constant = %.1f%%' % (
+                precision, 100 * results[(precision, 'pipeline')] / results[(precision, 'constant')]))
+    fp32, mixed = results.get(('fp32', 'pipeline')), results.get(('mixed', 'pipeline'))
+    if fp32 and mixed:
+        print('mixed / fp32 (pipeline) = %.2fx' % (mixed / fp32))
+
+
+if __name__ == '__main__':
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    tf.disable_v2_behavior()
+    app.run(cli_main(main))
