@@ -83,7 +83,8 @@ def shape_problems(cone, max_reports):
     """Step tensors without a fully defined static shape, the first `max_reports` of them."""
     folds = _ShapeFolding()
     offenders = ['%s %s' % (t.name, _shape_text(t)) for op in cone for t in op.outputs
-                 if not t.shape.is_fully_defined() and not folds.foldable(op)]
+                 if not t.shape.is_fully_defined() and not folds.foldable(op)
+                 and not _is_workspace(op, t)]
     if not offenders:
         return []
     more = len(offenders) - max_reports
@@ -139,6 +140,11 @@ def _known_from_shapes(op):
 def _is_pure(op):
     """Not stateful and not an input or state of the step."""
     return op.type not in BOUNDARY_OPS and not op.op_def.is_stateful
+
+
+def _is_workspace(op, tensor):
+    """FusedBatchNormV3's reserve_space_3: an opaque buffer for its gradient, sized by the kernel."""
+    return op.type.startswith('FusedBatchNorm') and tensor.value_index == 5
 
 
 def _has_string_output(op):

@@ -11,15 +11,9 @@ from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 from libml import graph_audit
 from libml import npu_config
 from libml.utils import UserError
+from conftest import forget_npu_bridge
 
-FAKE_NPU = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fake_npu')
 BF16_FLAGS = {'avx512f', 'avx512_bf16'}
-
-
-def _forget_npu_bridge():
-    for name in list(sys.modules):
-        if name == 'npu_bridge' or name.startswith('npu_bridge.'):
-            del sys.modules[name]
 
 
 def _npu_bridge_loaded():
@@ -27,20 +21,9 @@ def _npu_bridge_loaded():
 
 
 @pytest.fixture
-def fake_npu():
-    """The fake `npu_bridge` importable for one test, then gone from sys.path and sys.modules."""
-    _forget_npu_bridge()
-    sys.path.insert(0, FAKE_NPU)
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(FAKE_NPU)
-    _forget_npu_bridge()
-
-
-@pytest.fixture
 def no_npu(monkeypatch):
     """No npu_bridge and no GPU: what `auto` sees on this workstation."""
-    _forget_npu_bridge()
+    forget_npu_bridge()
     monkeypatch.setattr(npu_config, 'gpu_available', lambda: False)
 
 
