@@ -150,7 +150,8 @@ def training_update(losses, hp, step, device):
 
 def build_graph(hp, shape, nclass, device, pipelines=None):
     """Build the classifier, evaluation towers and (given input pipelines) the train op."""
-    classify = models.make_classifier(hp['arch'], nclass, hp['scales'], hp['filters'], hp['repeat'])
+    classify = models.make_classifier(hp['arch'], nclass, hp['scales'], hp['filters'], hp['repeat'],
+                                      hp.get('bn_momentum', 0.999))
     step = tf.train.get_or_create_global_step()
     ops = dict(step=step)
     ema = hp['ema']
@@ -187,10 +188,10 @@ def auto_augment(kind, name):
 
 
 def experiment_name(hp):
-    keys = ['arch', 'batch', 'beta', 'ema', 'filters', 'lr', 'percent_mask', 'repeat', 'scales',
-            'tsa', 'w_match', 'warmup_kimg', 'wd']
+    keys = ['arch', 'batch', 'beta', 'bn_momentum', 'ema', 'filters', 'lr', 'percent_mask', 'repeat',
+            'scales', 'tsa', 'w_match', 'warmup_kimg', 'wd']
     if hp['method'] == 'supervised':
-        keys = ['arch', 'batch', 'ema', 'filters', 'lr', 'repeat', 'scales', 'wd']
+        keys = ['arch', 'batch', 'bn_momentum', 'ema', 'filters', 'lr', 'repeat', 'scales', 'wd']
     return '_'.join([hp['method']] + ['%s%s' % (k, hp[k]) for k in keys])
 
 
@@ -226,6 +227,8 @@ _define('enum', 'arch', 'resnet', 'Network.', enum_values=list(models.ARCHS))
 _define('integer', 'filters', 32, 'Filters of the first stage.')
 _define('integer', 'repeat', 4, 'Residual blocks per stage.')
 _define('integer', 'scales', 0, 'Resolution stages; 0 = log2(width) - 2.')
+_define('float', 'bn_momentum', 0.999, 'Momentum of the batch-norm moving averages; short runs '
+        '(under ~5,000 steps) need less, e.g. 0.99, for the raw and ema rows to settle.')
 _define('integer', 'batch', 64, 'Labeled (and unlabeled) batch size.')
 _define('float', 'lr', 0.002, 'Adam learning rate.')
 _define('float', 'wd', 0.02, 'Decoupled weight decay (kernel *= 1 - wd * lr per step).')

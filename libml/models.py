@@ -10,10 +10,9 @@ from libml.utils import UserError, ilog2
 ARCHS = ('resnet', 'convnet')
 
 
-def resnet(x, nclass, training, update_stats, scales, filters, repeat):
+def resnet(x, nclass, bn, scales, filters, repeat):
     """Wide ResNet of MixMatch (WRN-28-2 at filters=32, repeat=4, scales=3)."""
     name = layers.LayerNamer()
-    bn = functools.partial(layers.batch_norm, training=training, update_stats=update_stats)
 
     def residual(x0, channels, stride, activate_before_residual):
         x = layers.leaky_relu(bn(x0, name=name('batch_normalization')))
@@ -37,29 +36,30 @@ def resnet(x, nclass, training, update_stats, scales, filters, repeat):
     return layers.dense(y, nclass, name('dense'))
 
 
-def convnet(x, nclass, training, update_stats, scales, filters, repeat):
+def convnet(x, nclass, bn, scales, filters, repeat):
     """Small plain conv net (conv-BN-leaky ReLU, average pooling per scale) for fast runs and tests."""
     del repeat
     name = layers.LayerNamer()
     y = x
     for scale in range(scales):
         y = layers.conv2d(y, filters << scale, 3, name('conv2d'))
-        y = layers.batch_norm(y, training, name('batch_normalization'), update_stats=update_stats)
-        y = layers.leaky_relu(y)
+        y = layers.leaky_relu(bn(y, name=name('batch_normalization')))
         y = tf.nn.avg_pool(y, [1, 2, 2, 1], [1, 2, 2, 1], 'SAME')
     y = tf.reduce_mean(y, [1, 2])
     return layers.dense(y, nclass, name('dense'))
 
 
-def make_classifier(arch, nclass, scales, filters, repeat):
+def make_classifier(arch, nclass, scales, filters, repeat, bn_momentum=0.999):
     """Return classify(x, training, update_stats=True, getter=None) -> logits, sharing variables."""
     if arch not in ARCHS:
         raise UserError('unknown --arch=%s; choose one of: %s' % (arch, ', '.join(ARCHS)))
     network = resnet if arch == 'resnet' else convnet
 
     def classify(x, training, update_stats=True, getter=None):
+        bn = functools.partial(layers.batch_norm, training=training, momentum=bn_momentum,
+                               update_stats=update_stats and training)
         with tf.variable_scope('classify', reuse=tf.AUTO_REUSE, custom_getter=getter):
-            return network(x, nclass, training, update_stats and training, scales, filters, repeat)
+            return network(x, nclass, bn, scales, filters, repeat)
     return classify
 
 

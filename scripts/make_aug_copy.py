@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Write N augmented copies of a split's unlabeled images as dataset NAME_augN.SEED@SIZE.
+
+Usage: make_aug_copy.py --aug_dataset=cifar10.1@250 --aug_copy=50 --augment=cutout
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+import tqdm  # noqa: E402
+
+from libml import augment, records  # noqa: E402
+from libml.utils import UserError, cli_main  # noqa: E402
+
+FLAGS = flags.FLAGS
+SPLIT_NAME = re.compile(r'^([^./@-]+)\.(\d+)@(\d+)$')
+
+
+def define_flags():
+    flags.DEFINE_string('aug_dataset', None, 'Split to augment: NAME.SEED@SIZE (files in '
+                        '$ML_DATA/SSL).')
+    flags.DEFINE_integer('aug_copy', 1, 'Augmented copies of every unlabeled image.')
+    flags.DEFINE_string('augment', 'cifar10', 'Augmentation: %s.' % ', '.join(augment.KINDS))
+    flags.DEFINE_integer('batch', 256, 'Images per batch through the augmentation graph.')
+
+
+def to_float(image):
+    """uint8 pixels -> float32 in [-1, 1]."""
+    return tf.cast(image, tf.float32) * (2 / 255.) - 1
+
+
+def to_uint8(image):
+    """float32 in [-1, 1] -> rounded uint8 pixels."""
+    return tf.saturate_cast(tf.round((image + 1) * 127.5), tf.uint8)
+
+
+def augmented_pngs(images, kind, copies, batch=256):
+    """Yield PNG bytes of `copies` augmented passes over uint8 [N,H,W,C] images, pass by pass."""
+    function = augment.get(kind)
+    with tf.Graph().as_default():
+        source = tf.placeholder(tf.uint8, images.shape)
+        dataset = tf.data.Dataset.from_tensor_slices(source).repeat(copies)
+        dataset = dataset.map(lambda x: tf.image.encode_png(to_uint8(function(to_float(x)))),
+                              num_parallel_calls=tf.data.experimental.AUTOTUNE)
+        iterator = dataset.batch(batch).prefetch(2).make_initializable_iterator()
+        pngs = iterator.get_next()
+        with tf.Session() as session:
+            session.run(iterator.initializer, {source: images})
+            while True:
+                try:
+                    for png in session.run(pngs):
+                        yield png
+                except tf.errors.OutOfRangeError:
+                    return
+
+
+def paths(name, seed, size, suffix=''):
+    """Files of split NAME{suffix}.SEED@SIZE and of its dataset's test set and class mappings."""
+    split = 'SSL/%s%s.%d@%d' % (name, suffix, seed, size)
+    return {'unlabel': records.dataset_path(split, 'unlabel'),
+            'label': records.dataset_path(split, 'label'),
+            'map': records.split_map_path(split),
+            'test': records.dataset_path(name + suffix, 'test'),
+            'classes': records.class_mappings_path(name + suffix)}
+
+
+def make_aug_copy(split_name, copies, kind, batch=256):
+    """Write NAME_augN.SEED@SIZE, all files or none; return {kind: path written}, image count."""
+    match = SPLIT_NAME.match(split_name or '')
+    if not match:
+        raise UserError('--aug_dataset=%s: give a split as NAME.SEED@SIZE, e.g. cifar10.1@250'
+                        % split_name)
+    if copies < 1:
+        raise UserError('--aug_copy=%d: give 1 or more copies' % copies)
+    augment.get(kind)  # reject an unknown kind before any work
+    name, seed, size = match.group(1), int(match.group(2)), int(match.group(3))
+    src, dst = paths(name, seed, size), paths(name, seed, size, '_aug%d' % copies)
+    missing = [p for key, p in src.items() if key != 'classes' and not os.path.isfile(p)]
+    if missing:
+        raise UserError('%s: no such file; create the split first (create_split.py)' % missing[0])
+    images, labels = records.load_arrays(src['unlabel'])
+    keys = ['unlabel', 'map', 'label', 'test'] + (['classes'] if os.path.isfile(src['classes'])
+                                                  else [])
+    with records.atomic_outputs([dst[k] for k in keys]) as tmps:
+        tmp = dict(zip(keys, tmps))
+        pngs = tqdm.tqdm(augmented_pngs(images, kind, copies, batch), total=copies * len(images),
+                         desc='augment', leave=False, disable=None)
+        count = records.write_serialized(tmp['unlabel'], (
+            records.make_example(png, labels[i % len(labels)]) for i, png in enumerate(pngs)))
+        for key in keys[2:]:
+            shutil.copyfile(src[key], tmp[key])
+        _write_map(src['map'], tmp['map'], split_name, copies, kind)
+    return dict((k, dst[k]) for k in keys), count
+
+
+def _write_map(source, target, split_name, copies, kind):
+    """The split's map.json plus a note: unlabel record k is a copy of map['unlabel'][k % U]."""
+    with open(source) as f:
+        mapping = json.load(f)
+    mapping['augmented'] = {'from': split_name, 'copies': copies, 'augment': kind}
+    with open(target, 'w') as f:
+        json.dump(mapping, f)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
+    dst, count = make_aug_copy(FLAGS.aug_dataset, FLAGS.aug_copy, FLAGS.augment, FLAGS.batch)
+    print('wrote %s: %d augmented images (%s x %d)' % (dst.pop('unlabel'), count, FLAGS.augment,
+                                                        FLAGS.aug_copy))
+    for path in dst.values():
+        print('wrote %s' % path)
+
+
+if __name__ == '__main__':
+    define_flags()
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    tf.disable_v2_behavior()
+    app.run(cli_main(main))

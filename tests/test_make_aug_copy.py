@@ -1,0 +1,79 @@
+"""make_aug_copy.py: N augmented passes over a split's unlabeled set, as a trainable dataset."""
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from libml import records
+from libml.utils import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import create_split  # noqa: E402
+import make_aug_copy  # noqa: E402
+
+
+@pytest.fixture
+def ml_data(tmp_path, monkeypatch):
+    """$ML_DATA with dataset 'tiny' (20 train, 5 test images) and its split tiny.1@5."""
+    root = str(tmp_path)
+    monkeypatch.setenv('ML_DATA', root)
+    rng = np.random.RandomState(0)
+    for part, count in (('train', 20), ('test', 5)):
+        images = rng.randint(0, 256, (count, 8, 8, 3)).astype(np.uint8)
+        records.write_arrays(records.dataset_path('tiny', part), images, np.arange(count) % 5)
+    records.write_class_mappings(records.class_mappings_path('tiny'), list('abcde'))
+    create_split.create_split(os.path.join(root, 'SSL', 'tiny'),
+                              [records.dataset_path('tiny', 'train')], 1, 5)
+    return root
+
+
+def test_copies_in_passes_with_labels_and_companion_files(ml_data):
+    dst, count = make_aug_copy.make_aug_copy('tiny.1@5', 2, 'none')
+    assert count == 30
+    src = make_aug_copy.paths('tiny', 1, 5)
+    images, labels = records.load_arrays(src['unlabel'])
+    copies, copy_labels = records.load_arrays(dst['unlabel'])
+    np.testing.assert_array_equal(copies, np.concatenate([images, images]))  # exact round trip
+    assert copy_labels.tolist() == labels.tolist() * 2
+    assert dst['unlabel'].endswith(os.path.join('SSL', 'tiny_aug2.1@5-unlabel.tfrecord'))
+    for key in ('label', 'test', 'classes'):
+        assert filecmp.cmp(src[key], dst[key], shallow=False), key
+    with open(dst['map']) as f:
+        mapping = json.load(f)
+    assert mapping['augmented'] == {'from': 'tiny.1@5', 'copies': 2, 'augment': 'none'}
+    assert len(mapping['unlabel']) == 15
+
+
+def test_augmented_copies_differ_but_keep_shape(ml_data):
+    dst, count = make_aug_copy.make_aug_copy('tiny.1@5', 3, 'cutout', batch=4)
+    images, _ = records.load_arrays(make_aug_copy.paths('tiny', 1, 5)['unlabel'])
+    copies, _ = records.load_arrays(dst['unlabel'])
+    assert count == 45 and copies.shape == (45, 8, 8, 3)
+    assert not np.array_equal(copies[:15], images)
+
+
+@pytest.mark.parametrize('name,copies,kind,match', [
+    ('tiny@5', 1, 'none', 'give a split as NAME.SEED@SIZE'),
+    ('tiny.2@5', 1, 'none', r'tiny.2@5-\w+.(tfrecord|json): no such file'),
+    ('tiny.1@5', 0, 'none', 'give 1 or more copies'),
+    ('tiny.1@5', 1, 'rotate', 'unknown augmentation')])
+def test_bad_arguments(ml_data, name, copies, kind, match):
+    with pytest.raises(UserError, match=match):
+        make_aug_copy.make_aug_copy(name, copies, kind)
+    assert not os.path.exists(records.dataset_path('tiny_aug%d' % copies, 'test'))
+
+
+def test_cli_writes_the_dataset(ml_data):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'scripts', 'make_aug_copy.py'),
+         '--aug_dataset=tiny.1@5', '--aug_copy=1', '--augment=svhn'],
+        env=dict(os.environ, ML_DATA=ml_data),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert result.returncode == 0, result.stderr
+    assert 'tiny_aug1.1@5-unlabel.tfrecord: 15 augmented images (svhn x 1)' in result.stdout
+    assert os.path.isfile(records.dataset_path('tiny_aug1', 'test'))
