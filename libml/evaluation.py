@@ -151,12 +151,16 @@ def write_report(folder, report, step):
     """result.txt (the table) and stats.json (everything) in the run folder, atomically."""
     write_text_atomic(os.path.join(folder, 'result.txt'), format_table(report['table']))
     stats = dict(report, step=int(step), kimg=step / 1024.)
-    write_text_atomic(os.path.join(folder, 'stats.json'),
-                      json.dumps(stats, indent=2, default=_json_number) + '\n')
+    write_text_atomic(os.path.join(folder, 'stats.json'), json.dumps(_no_nan(stats), indent=2) + '\n')
 
 
-def _json_number(value):
-    return None if value != value else float(value)
+def _no_nan(value):
+    """JSON has no NaN: accuracies of empty sets become null."""
+    if isinstance(value, dict):
+        return collections.OrderedDict((k, _no_nan(v)) for k, v in value.items())
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def summary_values(report):

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from libml import data, evaluation
 from libml.utils import UserError, write_text_atomic
 
-SUMMARY_EVERY_NIMG = 1024
+SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 per epoch
 
 
 class Trainer(object):
@@ -90,7 +90,7 @@ class Trainer(object):
                 self._report(session, evaluator, writer, step)
             return
         fetch = dict(train_op=self.ops['train_op'], step=self.ops['step'], losses=self.ops['losses'])
-        summary_every = max(1, SUMMARY_EVERY_NIMG // hp['batch'])
+        summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16) // hp['batch'])
         while step < total_nimg:
             epoch = step // report_nimg
             epoch_end = min((epoch + 1) * report_nimg, total_nimg)

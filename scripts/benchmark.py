@@ -56,27 +56,36 @@ def constant_inputs(labeled, unlabeled):
             {k: tf.constant(v) for k, v in values[1].items()})
 
 
-def time_setting(dataset, hp, precision, mode):
-    """Median labeled images per second of the train op over the repeats."""
-    device = npu_config.setup(FLAGS.device, precision, log=lambda *a: None)
-    with tf.Graph().as_default():
-        labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
-        unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
-        if mode == 'constant':
-            labeled, unlabeled = constant_inputs(labeled, unlabeled)
-        ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device,
-                                  pipelines=(labeled, unlabeled))
-        with tf.Session(config=device.session_config()) as session:
-            session.run(tf.global_variables_initializer())
-            for _ in range(FLAGS.warmup):
-                session.run(ops['train_op'])
-            rates = []
-            for _ in range(FLAGS.repeats):
-                start = time.time()
-                for _ in range(FLAGS.steps):
-                    session.run(ops['train_op'])
-                rates.append(FLAGS.steps * hp['batch'] / (time.time() - start))
-    return float(np.median(rates)), device.describe()
+class Setting(object):
+    """One precision and input mode: its own graph and session, ready to time train steps."""
+
+    def __init__(self, dataset, hp, precision, mode):
+        self.name = '%-8s %-9s' % (precision, mode)
+        self.batch = hp['batch']
+        device = npu_config.setup(FLAGS.device, precision, log=lambda *a: None)
+        self.described = device.describe()
+        graph = tf.Graph()
+        with graph.as_default():
+            labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
+            unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
+            if mode == 'constant':
+                labeled, unlabeled = constant_inputs(labeled, unlabeled)
+            self.train_op = realmix.build_graph(hp, dataset.shape, dataset.nclass, device,
+                                                pipelines=(labeled, unlabeled))['train_op']
+            init = tf.global_variables_initializer()
+        self.session = tf.Session(graph=graph, config=device.session_config())
+        self.session.run(init)
+        self.run(FLAGS.warmup)
+        self.rates = []
+
+    def run(self, steps):
+        for _ in range(steps):
+            self.session.run(self.train_op)
+
+    def time(self, steps):
+        start = time.time()
+        self.run(steps)
+        self.rates.append(steps * self.batch / (time.time() - start))
 
 
 def main(argv):
@@ -90,13 +99,18 @@ def main(argv):
     print('%s, arch=%s filters=%d repeat=%d scales=%d batch=%d, %d CPU cores'
           % (dataset_id, hp['arch'], hp['filters'], hp['repeat'], hp['scales'], hp['batch'],
              os.cpu_count()))
+    settings = [Setting(dataset, hp, precision, mode) for precision in FLAGS.precisions.split(',')
+                for mode in FLAGS.modes.split(',')]
+    for _ in range(FLAGS.repeats):  # Round-robin, so a change in machine load hits every setting.
+        for setting in settings:
+            setting.time(FLAGS.steps)
     results = {}
-    for precision in FLAGS.precisions.split(','):
-        for mode in FLAGS.modes.split(','):
-            rate, described = time_setting(dataset, hp, precision, mode)
-            results[(precision, mode)] = rate
-            print('%-8s %-9s %8.1f img/s   (%s; median of %d x %d steps)'
-                  % (precision, mode, rate, described, FLAGS.repeats, FLAGS.steps))
+    for setting in settings:
+        rate = float(np.median(setting.rates))
+        results[tuple(setting.name.split())] = rate
+        print('%s %8.1f img/s   (%s; median of %d x %d steps; runs: %s)'
+              % (setting.name, rate, setting.described, FLAGS.repeats, FLAGS.steps,
+                 ' '.join('%.1f' % r for r in setting.rates)))
     for precision in FLAGS.precisions.split(','):
         if (precision, 'pipeline') in results and (precision, 'constant') in results:
             print('%s: pipeline / constant = %.1f%%' % (
