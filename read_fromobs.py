@@ -83,7 +83,33 @@ def sync_up(local_dir, remote_url):
     """Upload the new and changed files of `local_dir` to `remote_url` (obs:// or local); safe to call often."""
     if is_obs_url(local_dir):
         raise UserError('sync_up uploads a local folder, got %s' % local_dir)
+    moxing = _import_moxing() if is_obs_url(remote_url) else None
+    if moxing is not None:
+        return _sync_with_moxing(moxing, local_dir, remote_url)
     return copy_tree(local_dir, remote_url, compare_content=True)
+
+
+# (remote folder, relative path) -> (size, mtime) of what this process last uploaded through moxing.
+_MOXING_UPLOADED = {}
+
+
+def _sync_with_moxing(moxing, local_dir, remote_url):
+    """Upload only files changed since this process last synced them (moxing has no cheap listing),
+    so a job's repeated syncs do not re-send every kept checkpoint."""
+    copied = nbytes = 0
+    for rel in sorted(local_files(local_dir)):
+        path = _local_path(local_dir, rel)
+        stamp = (os.path.getsize(path), os.path.getmtime(path))
+        key = (remote_url.rstrip('/'), rel)
+        if _MOXING_UPLOADED.get(key) == stamp:
+            continue
+        try:
+            moxing.file.copy(path, remote_url.rstrip('/') + '/' + rel)
+        except Exception as e:  # moxing's exception types are not documented
+            raise UserError('moxing could not copy %s to %s (%s: %s)' % (path, remote_url, type(e).__name__, e))
+        _MOXING_UPLOADED[key] = stamp
+        copied, nbytes = copied + 1, nbytes + stamp[0]
+    return CopyStats(copied, len(_MOXING_UPLOADED) - copied, nbytes)
 
 
 def _check_local_source(src, dst):

@@ -32,7 +32,8 @@ class Trainer(object):
             if hp['method'] != 'supervised':
                 unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
             self.ops = build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=(labeled, unlabeled))
-            self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'])
+            # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
+            self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'], save_relative_paths=True)
             self.init_op = tf.global_variables_initializer()
             self.head_free_saver = _head_free_saver()
         self.graph.finalize()

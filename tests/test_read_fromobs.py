@@ -240,3 +240,22 @@ def test_destination_that_is_a_file_is_refused(tmp_path):
     (tmp_path / 'b').write_text('a file where the copy wants a folder')
     with pytest.raises(UserError, match='destination .*b is a file, not a folder'):
         copy_tree(str(tmp_path / 'a'), str(tmp_path / 'b'))
+
+
+def test_moxing_sync_up_sends_only_files_changed_since_the_last_sync(monkeypatch, tmp_path):
+    copied = []
+    fake = types.ModuleType('moxing')
+    fake.file = types.SimpleNamespace(copy=lambda src, dst: copied.append(dst))
+    monkeypatch.setitem(sys.modules, 'moxing', fake)
+    run = tmp_path / 'run'
+    (run / 'tf').mkdir(parents=True)
+    (run / 'tf' / 'model.ckpt-1.data').write_bytes(b'x' * 100)
+    (run / 'tf' / 'checkpoint').write_text('model_checkpoint_path: "model.ckpt-1"')
+    read_fromobs.sync_up(str(run), 'obs://bkt/out/')
+    assert sorted(copied) == ['obs://bkt/out/tf/checkpoint', 'obs://bkt/out/tf/model.ckpt-1.data']
+    del copied[:]
+    (run / 'tf' / 'model.ckpt-2.data').write_bytes(b'y' * 100)
+    (run / 'tf' / 'checkpoint').write_text('model_checkpoint_path: "model.ckpt-2"')
+    os.utime(str(run / 'tf' / 'checkpoint'), (1, 1))  # same size, new content: the mtime tells
+    read_fromobs.sync_up(str(run), 'obs://bkt/out')
+    assert sorted(copied) == ['obs://bkt/out/tf/checkpoint', 'obs://bkt/out/tf/model.ckpt-2.data']

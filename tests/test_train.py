@@ -146,6 +146,7 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
         (['--dataset=tiny'], 'NAME.SEED@SIZE-VALID'),
         (['--dataset=tiny.1@99-0'], 'create_split.py --seed=1 --label_split_size=99'),
         (['--dataset=' + trained['dataset'], '--percent_mask=1.5'], '--percent_mask=1.5 is outside'),
+        (['--dataset=' + trained['dataset'], '--batch=2'], 'interleaving needs at least'),
         (['--dataset=' + trained['dataset'], '--eval_ckpt=' + str(tmp_path / 'nope')], 'does not exist'),
         (['--perform_inference', '--inference_dir=' + str(tmp_path),
           '--inference_ckpt=' + os.path.join(trained['run_dir'], 'tf')], 'holds no PNG or JPEG images'),
@@ -164,3 +165,27 @@ def test_inference_rejects_images_of_the_wrong_size(trained, tmp_path):
                                 '--device=cpu'], trained['root']))
     ok, errors = _one_line_error(code, out)
     assert ok and 'big.png is 16x16x1 but the model takes 8x8x1' in errors[0], out
+
+
+def test_load_checkpoint_takes_every_weight_but_the_classifier_head(trained, tmp_path):
+    import tensorflow.compat.v1 as tf
+    import realmix
+    from libml import data, npu_config, train
+    tf.disable_v2_behavior()
+    with open(os.path.join(trained['run_dir'], 'args', 'args.json')) as f:
+        hp = json.load(f)
+    dataset = data.resolve(trained['dataset'], root=trained['root'])
+    device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
+    trainer = train.Trainer(str(tmp_path / 'run'), hp, dataset, device, realmix.build_graph)
+    checkpoint = os.path.join(trained['run_dir'], 'tf', 'model.ckpt-3072')
+    reader = tf.train.load_checkpoint(checkpoint)
+    with tf.Session(graph=trainer.graph) as session:
+        trainer._start(session, checkpoint)
+        conv, head, conv_ema, step = session.run(
+            [trainer.graph.get_tensor_by_name(name + ':0') for name in (
+                'classify/conv2d/kernel', 'classify/dense/kernel',
+                'classify/conv2d/kernel/ExponentialMovingAverage', 'global_step')])
+    np.testing.assert_array_equal(conv, reader.get_tensor('classify/conv2d/kernel'))
+    np.testing.assert_array_equal(conv_ema, reader.get_tensor('classify/conv2d/kernel/ExponentialMovingAverage'))
+    assert not np.array_equal(head, reader.get_tensor('classify/dense/kernel'))
+    assert step == 0  # a new run starts its own schedule
