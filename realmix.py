@@ -128,15 +128,15 @@ def supervised_losses(labeled_batch, classify, nclass):
 
 def training_update(losses, hp, step, device):
     """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then step += batch."""
-    optimizer = device.wrap_optimizer(tf.train.AdamOptimizer(hp['lr']))
+    model_vars = tf.global_variables('classify')  # Weights and BN statistics, before Adam's slots.
     trainable = tf.trainable_variables('classify')
+    optimizer = device.wrap_optimizer(tf.train.AdamOptimizer(hp['lr']))
     adam_step = optimizer.minimize(losses['loss'], var_list=trainable,
                                    colocate_gradients_with_ops=True)
     with tf.control_dependencies([adam_step] + tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
         decay = 1 - hp['wd'] * hp['lr']
         weight_decay = [tf.assign(v, v * decay) for v in trainable if v.op.name.endswith('/kernel')]
     ema = tf.train.ExponentialMovingAverage(decay=hp['ema'])
-    model_vars = tf.global_variables('classify')
     ema.apply(model_vars)  # Creates the shadow variables outside the control dependencies below.
     with tf.control_dependencies(weight_decay):
         ema_update = ema.apply(model_vars)

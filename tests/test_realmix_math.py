@@ -155,3 +155,15 @@ def test_weight_decay_then_ema_after_each_adam_step():
     np.testing.assert_allclose(k_ema, decay * np.array([1., -2.]) + (1 - decay) * k, rtol=1e-5)
     np.testing.assert_allclose(b_ema, decay * 3. + (1 - decay) * b, rtol=1e-5)
     assert s == 64
+
+
+def test_ema_tracks_model_variables_only_not_the_optimizer_slots():
+    with tf.variable_scope('classify'):
+        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., 2.]))
+        tf.get_variable('bn/moving_mean', initializer=tf.constant([0.]), trainable=False)
+    step = tf.train.get_or_create_global_step()
+    realmix.training_update(dict(loss=tf.reduce_sum(kernel)),
+                            dict(lr=0.1, wd=0.1, ema=0.9, batch=4), step, _PlainDevice())
+    shadows = sorted(v.op.name for v in tf.global_variables() if 'ExponentialMovingAverage' in v.op.name)
+    assert shadows == ['classify/bn/moving_mean/ExponentialMovingAverage',
+                       'classify/dense/kernel/ExponentialMovingAverage']
