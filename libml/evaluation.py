@@ -9,7 +9,7 @@ import tensorflow.compat.v1 as tf
 from sklearn import metrics
 
 from libml import data, layers
-from libml.utils import UserError, write_text_atomic
+from libml.utils import write_text_atomic
 
 ROWS = ('raw', 'ema', 'tuned_raw', 'tuned_ema')
 SUBSETS = ('labeled', 'valid', 'test')
