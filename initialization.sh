@@ -8,7 +8,7 @@
 # A trial off the NPU, with local folders and a tiny schedule:
 #   DEVICE=cpu PRECISION=fp32 PIP_INSTALL=0 DATA_URL=./data-src TRAIN_URL=./out \
 #   ML_DATA=/tmp/data TRAIN_DIR=/tmp/experiments EPOCHS=1 \
-#   REALMIX_FLAGS="--arch=convnet --filters=8 --train_kimg=1 --report_kimg=1" bash initialization.sh
+#   REALMIX_FLAGS="--arch=smallconv --filters=8 --train_kimg=1 --report_kimg=1" bash initialization.sh
 set -euo pipefail
 
 DATA_URL="${DATA_URL:-obs://YOUR-BUCKET/realmix/data}"     # $ML_DATA layout: NAME-train/-test.tfrecord

@@ -11,6 +11,7 @@ One training step (DESIGN.md section 4):
   5. Adam step, then EMA of the weights and decoupled weight decay.
 """
 
+import json
 import os
 import warnings
 
@@ -21,9 +22,10 @@ import tensorflow.compat.v1 as tf
 from absl import app, flags
 
 from libml import data, evaluation, inference, layers, models, npu_config, train
-from libml.utils import UserError, cli_main
+from libml.utils import UserError, cli_main, quiet_native_logs
 
 TSA_SCHEDULES = ('none', 'linear_schedule', 'exp_schedule', 'log_schedule')
+TSA_RULES = ('reference', 'definition')
 METHODS = ('realmix', 'supervised')
 AUGMENT_KINDS = ('auto', 'none', 'cifar10', 'svhn', 'stl10', 'color', 'cutout')
 
@@ -51,23 +53,31 @@ def tsa_threshold(schedule, progress, nclass):
     return alpha * (1 - 1. / nclass) + 1. / nclass
 
 
-def tsa_keep_mask(logits, targets, threshold):
-    """1 for examples still trained: some target class has probability below weight * eta.
+def tsa_keep_mask(logits, targets, threshold, rule='reference'):
+    """1 for the rows of the mixed labeled batch that TSA still trains, else 0.
 
-    An example is dropped once, on each of its target classes c, p_c >= targets_c * eta
-    (classes with zero target weight satisfy this trivially).
+    reference:  kept when some class c has p_c * [t_c > 0] < eta * z_c (z: the logits), as the
+                reference code does (uizard-technologies/realmix `anneal_sup_loss`);
+    definition: kept while some target class c has p_c < t_c * eta, as UDA defines TSA
+                (classes with zero target weight never hold a row back).
     """
     probs = tf.nn.softmax(logits)
+    if rule == 'reference':
+        target_probs = probs * tf.cast(targets > 0, probs.dtype)
+        below = tf.reduce_any(target_probs < logits * threshold, axis=1)
+        return tf.stop_gradient(tf.cast(below, tf.float32))
+    if rule != 'definition':
+        raise UserError('unknown --tsa_rule=%s; choose one of: %s' % (rule, ', '.join(TSA_RULES)))
     reached = tf.reduce_all(probs >= targets * threshold, axis=1)
     return tf.stop_gradient(1. - tf.cast(reached, tf.float32))
 
 
-def supervised_loss(logits, targets, tsa, progress, nclass):
+def supervised_loss(logits, targets, tsa, progress, nclass, rule='reference'):
     """Cross-entropy on (mixed) labeled targets, averaged over the examples TSA keeps."""
     loss = tf.nn.softmax_cross_entropy_with_logits_v2(labels=targets, logits=logits)
     if tsa == 'none':
         return tf.reduce_mean(loss), tf.ones_like(loss)
-    keep = tsa_keep_mask(logits, targets, tsa_threshold(tsa, progress, nclass))
+    keep = tsa_keep_mask(logits, targets, tsa_threshold(tsa, progress, nclass), rule)
     return tf.reduce_sum(loss * keep) / tf.maximum(tf.reduce_sum(keep), 1.), keep
 
 
@@ -97,25 +107,39 @@ def warmup_ramp(images_seen, warmup_kimg):
     return tf.clip_by_value(tf.cast(images_seen, tf.float32) / (warmup_kimg * 1024.), 0., 1.)
 
 
-def realmix_losses(labeled_batch, unlabeled_views, classify, hp, images_seen, nclass):
-    """Steps 1-4 of the algorithm box: the losses of one RealMix step and what to log."""
+def realmix_terms(labeled_batch, unlabeled_views, classify, hp, images_seen, nclass,
+                  mixup=layers.mixup):
+    """Steps 1-4 of the algorithm box: every intermediate of one RealMix step, by name."""
     batch = int(labeled_batch['image'].shape[0])
     label_guess = guess_labels(unlabeled_views, classify, hp['T'])
     stack = tf.concat([labeled_batch['image']] + unlabeled_views, 0)
     targets = tf.concat([tf.one_hot(labeled_batch['label'], nclass)]
                         + [label_guess] * len(unlabeled_views), 0)
-    mixed_images, mixed_targets, _ = layers.mixup(stack, targets, hp['beta'])
+    mixed_images, mixed_targets, _ = mixup(stack, targets, hp['beta'])
     groups = layers.interleave(tf.split(mixed_images, 1 + len(unlabeled_views)), batch)
     logits = [classify(groups[0], training=True, update_stats=True)]
     logits += [classify(group, training=True, update_stats=False) for group in groups[1:]]
     logits = layers.interleave(logits, batch)
+    logits_x, logits_u = logits[0], tf.concat(logits[1:], 0)
     progress = tf.cast(images_seen, tf.float32) / float(hp['total_nimg'])
-    loss_x, tsa_keep = supervised_loss(logits[0], mixed_targets[:batch], hp['tsa'], progress, nclass)
-    loss_u, ood_keep = unlabeled_loss(tf.concat(logits[1:], 0), mixed_targets[batch:],
-                                      hp['percent_mask'])
+    loss_x, tsa_keep = supervised_loss(logits_x, mixed_targets[:batch], hp['tsa'], progress, nclass,
+                                       hp.get('tsa_rule', 'reference'))
+    loss_u, ood_keep = unlabeled_loss(logits_u, mixed_targets[batch:], hp['percent_mask'])
     w_match = hp['w_match'] * warmup_ramp(images_seen, hp['warmup_kimg'])
-    return dict(loss=loss_x + w_match * loss_u, xe=loss_x, l2u=loss_u, w_match=w_match,
-                mask_ratio=tf.reduce_mean(ood_keep), tsa_kept=tf.reduce_mean(tsa_keep))
+    return dict(label_guess=label_guess, mixed_targets=mixed_targets, logits_x=logits_x,
+                logits_u=logits_u, loss_x=loss_x, loss_u=loss_u, tsa_keep=tsa_keep,
+                ood_keep=ood_keep, w_match=w_match)
+
+
+def realmix_losses(labeled_batch, unlabeled_views, classify, hp, images_seen, nclass):
+    """The loss of one RealMix step and the scalars to log."""
+    t = realmix_terms(labeled_batch, unlabeled_views, classify, hp, images_seen, nclass)
+    # The reference logs the spread of the top predicted probability on the mixed unlabeled rows.
+    top_prob_u = tf.reduce_max(tf.nn.softmax(t['logits_u']), axis=1)
+    return dict(loss=t['loss_x'] + t['w_match'] * t['loss_u'], xe=t['loss_x'], l2u=t['loss_u'],
+                w_match=t['w_match'], mask_ratio=tf.reduce_mean(t['ood_keep']),
+                tsa_kept=tf.reduce_mean(t['tsa_keep']), min_unsup_prob=tf.reduce_min(top_prob_u),
+                mean_unsup_prob=tf.reduce_mean(top_prob_u), max_unsup_prob=tf.reduce_max(top_prob_u))
 
 
 def supervised_losses(labeled_batch, classify, nclass):
@@ -127,8 +151,11 @@ def supervised_losses(labeled_batch, classify, nclass):
 
 
 def training_update(losses, hp, step, device):
-    """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then step += batch."""
-    model_vars = tf.global_variables('classify')  # Weights and BN statistics, before Adam's slots.
+    """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then step += batch.
+
+    As in the reference, the EMA averages the trainable weights only; the EMA model reads the raw
+    batch-norm moving statistics (averaging them again would double their lag).
+    """
     trainable = tf.trainable_variables('classify')
     optimizer = device.wrap_optimizer(tf.train.AdamOptimizer(hp['lr']))
     adam_step = optimizer.minimize(losses['loss'], var_list=trainable,
@@ -137,9 +164,9 @@ def training_update(losses, hp, step, device):
         decay = 1 - hp['wd'] * hp['lr']
         weight_decay = [tf.assign(v, v * decay) for v in trainable if v.op.name.endswith('/kernel')]
     ema = tf.train.ExponentialMovingAverage(decay=hp['ema'])
-    ema.apply(model_vars)  # Creates the shadow variables outside the control dependencies below.
+    ema.apply(trainable)  # Creates the shadow variables outside the control dependencies below.
     with tf.control_dependencies(weight_decay):
-        ema_update = ema.apply(model_vars)
+        ema_update = ema.apply(trainable)
     with tf.control_dependencies([ema_update]):
         train_op = tf.assign_add(step, hp['batch']).op
     return train_op, ema
@@ -150,8 +177,7 @@ def training_update(losses, hp, step, device):
 
 def build_graph(hp, shape, nclass, device, pipelines=None):
     """Build the classifier, evaluation towers and (given input pipelines) the train op."""
-    classify = models.make_classifier(hp['arch'], nclass, hp['scales'], hp['filters'], hp['repeat'],
-                                      hp.get('bn_momentum', 0.999))
+    classify = models.classifier_from_hp(dict(hp, nclass=nclass))
     step = tf.train.get_or_create_global_step()
     ops = dict(step=step)
     ema = hp['ema']
@@ -177,6 +203,8 @@ def hyper_parameters(flag_values, dataset):
     hp['total_nimg'] = min(hp['train_kimg'] << 10, hp['epochs'] * report_nimg)
     hp.update(dataset=dataset.dataset_id, height=dataset.height, width=dataset.width,
               colors=dataset.colors, nclass=dataset.nclass, class_names=dataset.class_names)
+    if hp.get('whiten'):  # measured once and kept in args.json: evaluation and export reuse them
+        hp['whiten_stats'] = data.channel_mean_std(dataset)
     return hp
 
 
@@ -187,12 +215,41 @@ def auto_augment(kind, name):
     return 'svhn' if any(k in name for k in ('svhn', 'digits', 'mnist')) else 'cifar10'
 
 
+# Flags that do not change the trained model: schedule length, evaluation, paths, the device.
+# Every other hyperparameter names the run, so two different models never share a folder.
+NOT_IN_RUN_NAME = ('dataset', 'train_kimg', 'report_kimg', 'save_kimg', 'keep_ckpt', 'epochs',
+                   'tune_kimg', 'eval_batch', 'nclass', 'img_size', 'device', 'total_nimg',
+                   'height', 'width', 'colors', 'class_names', 'whiten_stats')
+# Flags a method does not read; they stay out of its run name.
+UNUSED_BY_METHOD = {'supervised': ('beta', 'w_match', 'warmup_kimg', 'T', 'tsa', 'tsa_rule',
+                                   'percent_mask')}
+
+
+def run_name_keys(hp):
+    """The hyperparameters that name a run, sorted."""
+    unused = set(NOT_IN_RUN_NAME) | set(UNUSED_BY_METHOD.get(hp['method'], ()))
+    return sorted(k for k in hp if k not in unused and k != 'method')
+
+
 def experiment_name(hp):
-    keys = ['arch', 'batch', 'beta', 'bn_momentum', 'ema', 'filters', 'lr', 'percent_mask', 'repeat',
-            'scales', 'tsa', 'w_match', 'warmup_kimg', 'wd']
-    if hp['method'] == 'supervised':
-        keys = ['arch', 'batch', 'bn_momentum', 'ema', 'filters', 'lr', 'repeat', 'scales', 'wd']
-    return '_'.join([hp['method']] + ['%s%s' % (k, hp[k]) for k in keys])
+    """METHOD_key1value1_key2value2..., from every hyperparameter that changes the trained model."""
+    def text(value):
+        return '%g' % value if isinstance(value, float) else str(value)
+    return '_'.join([hp['method']] + ['%s%s' % (k, text(hp[k])) for k in run_name_keys(hp)])
+
+
+def check_run_folder(run_dir, hp):
+    """UserError when RUN/args/args.json holds a model with other hyperparameters than `hp`."""
+    path = os.path.join(run_dir, 'args', 'args.json')
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    differing = ['--%s=%s here, %s in the run' % (k, hp.get(k), saved.get(k))
+                 for k in run_name_keys(dict(saved, **hp)) if saved.get(k) != hp.get(k)]
+    if differing:
+        raise UserError('%s belongs to another model (%s); use another --train_dir or remove the '
+                        'folder' % (run_dir, '; '.join(differing)))
 
 
 def check_flags(hp):
@@ -204,8 +261,35 @@ def check_flags(hp):
     if hp['batch'] < 3:
         raise UserError('--batch=%d is too small: interleaving needs at least one example from '
                         'each of the 3 groups per batch' % hp['batch'])
-    if hp['report_kimg'] <= 0 or hp['train_kimg'] <= 0 or hp['save_kimg'] <= 0:
-        raise UserError('--train_kimg, --report_kimg and --save_kimg must be positive')
+    for name, ok, rule in FLAG_RANGES:
+        if name in hp and not ok(hp[name]):
+            raise UserError('--%s=%s is out of range: it must be %s' % (name, hp[name], rule))
+    if hp['wd'] * hp['lr'] >= 1:
+        raise UserError('--wd=%g with --lr=%g: weight decay multiplies kernels by 1 - wd * lr = %g '
+                        'each step; wd * lr must be below 1' % (hp['wd'], hp['lr'],
+                                                                1 - hp['wd'] * hp['lr']))
+
+
+FLAG_RANGES = [
+    ('lr', lambda v: v > 0, '> 0'),
+    ('wd', lambda v: v >= 0, '>= 0'),
+    ('ema', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('bn_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('beta', lambda v: v > 0, '> 0'),
+    ('T', lambda v: v > 0, '> 0'),
+    ('w_match', lambda v: v >= 0, '>= 0'),
+    ('warmup_kimg', lambda v: v >= 0, '>= 0'),
+    ('filters', lambda v: v >= 1, '>= 1'),
+    ('repeat', lambda v: v >= 1, '>= 1'),
+    ('scales', lambda v: v >= 1, '>= 1 (0 picks it from the image size)'),
+    ('train_kimg', lambda v: v > 0, '> 0'),
+    ('report_kimg', lambda v: v > 0, '> 0'),
+    ('save_kimg', lambda v: v > 0, '> 0'),
+    ('epochs', lambda v: v > 0, '> 0'),
+    ('keep_ckpt', lambda v: v >= 1, '>= 1'),
+    ('tune_kimg', lambda v: v >= 0, '>= 0'),
+    ('eval_batch', lambda v: v >= 1, '>= 1'),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +313,8 @@ _define('integer', 'repeat', 4, 'Residual blocks per stage.')
 _define('integer', 'scales', 0, 'Resolution stages; 0 = log2(width) - 2.')
 _define('float', 'bn_momentum', 0.999, 'Momentum of the batch-norm moving averages; short runs '
         '(under ~5,000 steps) need less, e.g. 0.99, for the raw and ema rows to settle.')
+_define('bool', 'whiten', False, 'Normalise inputs per channel by the training images\' mean and '
+        'standard deviation (the reference\'s --whiten; not applied by its convnet).')
 _define('integer', 'batch', 64, 'Labeled (and unlabeled) batch size.')
 _define('float', 'lr', 0.002, 'Adam learning rate.')
 _define('float', 'wd', 0.02, 'Decoupled weight decay (kernel *= 1 - wd * lr per step).')
@@ -238,6 +324,9 @@ _define('float', 'w_match', 75., 'Weight of the unlabeled loss.')
 _define('float', 'warmup_kimg', 1024., 'Linear warm-up of w_match, in kimg (1024 labeled images).')
 _define('float', 'T', 0.5, 'Sharpening temperature.')
 _define('string', 'tsa', 'none', 'Training signal annealing: ' + ', '.join(TSA_SCHEDULES) + '.')
+_define('enum', 'tsa_rule', 'reference', 'Which rows TSA keeps: reference (the reference code: '
+        'p_c[t_c>0] < eta*logit_c for some c) or definition (UDA: p_c < t_c*eta for some target c).',
+        enum_values=list(TSA_RULES))
 _define('float', 'percent_mask', -1., 'OOD masking: drop this fraction of the least confident mixed '
         'unlabeled examples from L_u; <= 0 turns it off.')
 _define('enum', 'augment', 'auto', 'Input augmentation (auto: svhn-style for digit sets, else cifar10).',
@@ -257,7 +346,9 @@ _define('enum', 'precision', 'fp32', 'fp32, or mixed (fp16 on NPU/GPU, bfloat16 
         enum_values=list(npu_config.PRECISIONS))
 flags.DEFINE_string('train_dir', './experiments', 'Runs go to TRAIN_DIR/DATASET/EXPERIMENT/.')
 flags.DEFINE_string('eval_ckpt', '', 'Evaluate this checkpoint (no training) and write its table.')
-flags.DEFINE_string('load_checkpoint', '', 'Start from these weights, except the classifier head.')
+flags.DEFINE_string('load_checkpoint', '', 'Fine-tune: start from this checkpoint\'s weights, '
+                    'statistics, EMA and Adam state, all but the classifier head (as the reference).')
+flags.DEFINE_bool('reset_optimizer', False, 'With --load_checkpoint: start Adam afresh instead.')
 flags.DEFINE_bool('perform_inference', False, 'Classify the images of --inference_dir.')
 flags.DEFINE_string('inference_dir', '', 'Folder of images (or of class sub-folders).')
 flags.DEFINE_string('inference_ckpt', '', 'Checkpoint for inference.')
@@ -271,18 +362,31 @@ def main(argv):
     if FLAGS.perform_inference:
         inference.run_inference(FLAGS.inference_dir, FLAGS.inference_ckpt, device, build_graph)
         return
+    if FLAGS.eval_ckpt:
+        evaluate_checkpoint(FLAGS.eval_ckpt, device)
+        return
     dataset = data.resolve(FLAGS.dataset, nclass=FLAGS.nclass, image_size=FLAGS.img_size)
     hp = hyper_parameters(FLAGS, dataset)
     check_flags(hp)
     run_dir = os.path.join(FLAGS.train_dir, dataset.dataset_id, experiment_name(hp))
+    check_run_folder(run_dir, hp)
     trainer = train.Trainer(run_dir, hp, dataset, device, build_graph, seed=FLAGS.seed)
-    if FLAGS.eval_ckpt:
-        trainer.evaluate_checkpoint(FLAGS.eval_ckpt)
-    else:
-        trainer.train(load_checkpoint=FLAGS.load_checkpoint)
+    trainer.train(load_checkpoint=FLAGS.load_checkpoint, reset_optimizer=FLAGS.reset_optimizer)
+
+
+def evaluate_checkpoint(checkpoint, device):
+    """The table of a checkpoint, with the network its run's args.json describes (not the flags)."""
+    path = train.checkpoint_path(checkpoint)
+    run_dir, hp = inference.run_args(path)
+    for name in ('tune_kimg', 'eval_batch'):  # evaluation settings the command line may change
+        if FLAGS[name].present:
+            hp[name] = FLAGS[name].value
+    dataset = data.resolve(hp['dataset'], nclass=hp['nclass'], image_size=hp['height'])
+    train.Trainer(run_dir, hp, dataset, device, build_graph).evaluate_checkpoint(path)
 
 
 if __name__ == '__main__':
+    quiet_native_logs()
     tf.logging.set_verbosity(tf.logging.ERROR)
     warnings.filterwarnings('ignore', message='Seed .* from outer graph')  # --seed covers tf.data too.
     tf.disable_v2_behavior()

@@ -4,7 +4,7 @@
 ModelArts: boot file run_sh.py; the job passes --data_url=obs://... --train_url=obs://...
 Locally:   python run_sh.py --data_url=DIR --train_url=DIR --dataset=cifar10 [realmix.py flags]
 Demo:      python run_sh.py   (no arguments: DEMO_FLAGS below, offline, a few minutes on a CPU)
-Flags this file does not know go to realmix.py unchanged (e.g. --arch=convnet --tsa=linear_schedule).
+Flags this file does not know go to realmix.py unchanged (e.g. --arch=smallconv --tsa=linear_schedule).
 """
 
 import os

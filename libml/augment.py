@@ -8,11 +8,12 @@ from libml.utils import UserError
 
 KINDS = ('none', 'cifar10', 'svhn', 'stl10', 'color', 'cutout')
 
-# Colour jitter strengths, in units of the [0, 1] pixel range.
-BRIGHTNESS_DELTA = 0.2
-HUE_DELTA = 0.05
-SATURATION_RANGE = (0.7, 1.3)
-CONTRAST_RANGE = (0.7, 1.3)
+# Colour jitter of the reference (its augment_color_func), in units of the [0, 1] pixel range:
+# its brightness delta 0.1 applies to [-1, 1] pixels, i.e. 0.05 here.
+BRIGHTNESS_DELTA = 0.05
+HUE_DELTA = 0.5
+SATURATION_RANGE = (0.1, 3.)
+CONTRAST_RANGE = (0.5, 1.5)
 
 # Random erasing (Zhong et al., 2017): probability, rectangle area fraction and aspect ratio.
 ERASE_PROBABILITY = 0.3
@@ -51,7 +52,11 @@ def color(image):
 
 
 def erase(image):
-    """With probability ERASE_PROBABILITY, fill a random rectangle with uniform noise in [-1, 1]."""
+    """With probability ERASE_PROBABILITY, fill a random rectangle with one random value.
+
+    As the reference's eraser (Zhong et al.'s random erasing, pixel_level=False): one value drawn
+    uniformly over the pixel range fills the whole rectangle; here drawn per image, in the graph.
+    """
     height, width, channels = image.shape.as_list()
     area = tf.random.uniform([], *ERASE_AREA) * height * width
     aspect = tf.exp(tf.random.uniform([], math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])))
@@ -65,8 +70,8 @@ def erase(image):
                             tf.logical_and(cols >= left, cols < left + box_w))
     apply = tf.random.uniform([]) < ERASE_PROBABILITY
     mask = tf.cast(tf.logical_and(inside, apply), tf.float32)[:, :, None]
-    noise = tf.random.uniform([height, width, channels], -1, 1)
-    return image * (1 - mask) + noise * mask
+    fill = tf.random.uniform([], -1, 1)
+    return image * (1 - mask) + fill * mask
 
 
 def _none(image):
@@ -88,6 +93,16 @@ def _cutout(image):
 # stl10 is cifar10's flip + crop: the padding rule gives 12 px at width 96.
 _FUNCTIONS = {'none': _none, 'cifar10': _cifar10, 'svhn': shift, 'stl10': _cifar10,
               'color': _color, 'cutout': _cutout}
+
+
+# Offline copies (make_aug_copy.py): `cutout` erases only, since training adds flip and crop again.
+_OFFLINE = dict(_FUNCTIONS, cutout=erase)
+
+
+def get_offline(kind):
+    """The augmentation make_aug_copy.py applies for `kind` (one of KINDS)."""
+    get(kind)
+    return _OFFLINE[kind]
 
 
 def get(kind):

@@ -164,6 +164,22 @@ def to_float(images):
     return images.astype(np.float32) * (2. / 255) - 1
 
 
+def channel_mean_std(data):
+    """Per-channel mean and standard deviation of the training images (labeled, then unlabeled
+    after the validation records) in the network's [-1, 1] range, for --whiten."""
+    total, total_sq, count = 0., 0., 0
+    for path, skip in ((data.label_file, 0), (data.unlabel_file, data.valid)):
+        for index, image, _ in records.read_records(path):
+            if index >= skip:
+                pixels = to_float(records.decode_image(image)).reshape(-1, data.shape[-1])
+                total = total + pixels.astype(np.float64).sum(0)
+                total_sq = total_sq + (pixels.astype(np.float64) ** 2).sum(0)
+                count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 def load_tune_images(data, count):
     """Up to `count` un-augmented training images (labeled first, then unlabeled after the
     validation records) for re-estimating batch-norm statistics; None when count is 0."""

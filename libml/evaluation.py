@@ -16,9 +16,15 @@ SUBSETS = ('labeled', 'valid', 'test')
 
 
 def ema_getter(ema):
-    """Custom getter that swaps every model variable for its moving average."""
+    """Custom getter that swaps each averaged (trainable) variable for its moving average.
+
+    Variables without an average (batch-norm moving statistics) are read as they are, as in the
+    reference code.
+    """
     def custom_getter(getter, *args, **kwargs):
-        return ema.average(getter(*args, **kwargs))
+        variable = getter(*args, **kwargs)
+        average = ema.average(variable)
+        return variable if average is None else average
     return custom_getter
 
 
@@ -32,7 +38,7 @@ def evaluation_towers(classify, images_shape, ema):
     ops = dict(eval_images=images, probs_raw=tf.nn.softmax(classify(images, training=False)))
     if not isinstance(ema, tf.train.ExponentialMovingAverage):
         ema = tf.train.ExponentialMovingAverage(decay=ema)
-        ema.apply(tf.global_variables('classify'))
+        ema.apply(tf.trainable_variables('classify'))
     ops['probs_ema'] = tf.nn.softmax(classify(images, training=False, getter=ema_getter(ema)))
     for kind, getter in (('raw', None), ('ema', ema_getter(ema))):
         first = len(tf.get_collection(layers.BN_MOMENTS))
@@ -111,9 +117,18 @@ class Evaluator(object):
                                           for name, probs in by_set.items()))
             for row, by_set in predictions.items())
         report = dict(table=table)
+        valid = self.eval_sets.get('valid')
+        if valid is not None and len(valid[1]):
+            report['valid_loss'] = cross_entropy(predictions['ema']['valid'], valid[1])
         report.update(class_metrics(predictions['ema']['test'], self.eval_sets['test'][1],
                                     self.class_names))
         return report
+
+
+def cross_entropy(probs, labels):
+    """Mean cross-entropy of predicted probabilities against integer labels (the EMA valid loss)."""
+    picked = probs[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.maximum(picked, 1e-12))))
 
 
 def _accuracy(probs, labels):
@@ -172,6 +187,8 @@ def summary_values(report):
     for name, value in report['per_class_test_accuracy'].items():
         if value is not None:
             yield 'class_accuracy/%s' % name, value
+    if 'valid_loss' in report:
+        yield 'losses/valid', report['valid_loss']
     for key in ('precision', 'recall', 'f1'):
         for average in ('macro', 'weighted'):
             yield 'metrics/%s_%s' % (key, average), report['%s_%s' % (key, average)]

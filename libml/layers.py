@@ -25,16 +25,19 @@ class LayerNamer(object):
         return base if index == 0 else '%s_%d' % (base, index)
 
 
-def conv2d(x, filters, kernel_size, name, stride=1, stddev=None):
-    """Same-padded 2-D convolution with bias; kernel ~ N(0, stddev), default He-like 1/(0.5 k^2 f)."""
+def conv2d(x, filters, kernel_size, name, stride=1, use_bias=True, initializer=None):
+    """Same-padded 2-D convolution; kernel ~ N(0, 1/(0.5 k^2 f)) (He-like) unless `initializer`."""
     channels = int(x.shape[-1])
-    if stddev is None:
+    if initializer is None:
         stddev = (0.5 * kernel_size * kernel_size * filters) ** -0.5
+        initializer = tf.random_normal_initializer(stddev=stddev)
     with tf.variable_scope(name):
         kernel = tf.get_variable('kernel', [kernel_size, kernel_size, channels, filters],
-                                 initializer=tf.random_normal_initializer(stddev=stddev))
-        bias = tf.get_variable('bias', [filters], initializer=tf.zeros_initializer())
+                                 initializer=initializer)
         y = tf.nn.conv2d(x, kernel, strides=[1, stride, stride, 1], padding='SAME')
+        if not use_bias:
+            return y
+        bias = tf.get_variable('bias', [filters], initializer=tf.zeros_initializer())
         return tf.nn.bias_add(y, bias)
 
 
@@ -75,6 +78,17 @@ def batch_norm(x, training, name, update_stats=True, momentum=0.999, epsilon=1e-
         return y
 
 
+def shake_shake(a, b, training):
+    """Mix two branches with a per-example uniform weight in training, their mean otherwise.
+
+    As the MixMatch code: the same weight serves the forward and the backward pass.
+    """
+    if not training:
+        return 0.5 * (a + b)
+    mu = tf.random.uniform([tf.shape(a)[0]] + [1] * (len(a.shape) - 1), 0, 1)
+    return a + mu * (b - a)
+
+
 def leaky_relu(x):
     return tf.nn.leaky_relu(x, alpha=0.1)
 
@@ -101,7 +115,12 @@ def mixup(images, targets, beta):
     lam = sample_beta(beta, [count])
     lam = tf.maximum(lam, 1 - lam)
     partner = tf.random.shuffle(tf.range(count))
-    lam_images = tf.reshape(lam, [count] + [1] * (len(images.shape) - 1))
+    return mix_with(images, targets, lam, partner)
+
+
+def mix_with(images, targets, lam, partner):
+    """MixUp with given weights lam [N] and partner indices [N]: (images, targets, lam)."""
+    lam_images = tf.reshape(lam, [-1] + [1] * (len(images.shape) - 1))
     mixed_images = images * lam_images + tf.gather(images, partner) * (1 - lam_images)
     mixed_targets = targets * lam[:, None] + tf.gather(targets, partner) * (1 - lam[:, None])
     return mixed_images, mixed_targets, lam

@@ -35,7 +35,9 @@ class Trainer(object):
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
             self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'], save_relative_paths=True)
             self.init_op = tf.global_variables_initializer()
-            self.head_free_saver = _head_free_saver()
+            # Built before finalize(): savers add ops to the graph.
+            self.fine_tune = {reset: CheckedRestore(_fine_tune_variables(reset)) for reset in (False, True)}
+            self.model_restore = CheckedRestore(_model_variables())
         self.graph.finalize()
 
     @property
@@ -54,7 +56,7 @@ class Trainer(object):
         write_text_atomic(os.path.join(self.run_dir, 'args', 'args.json'),
                           json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
 
-    def _start(self, session, load_checkpoint):
+    def _start(self, session, load_checkpoint, reset_optimizer=False):
         """Resume from the newest checkpoint, else initialise (optionally from another run)."""
         _remove_partial_saves(self.checkpoint_dir)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
@@ -64,15 +66,17 @@ class Trainer(object):
             return
         session.run(self.init_op)
         if load_checkpoint:
-            self.head_free_saver.restore(session, checkpoint_path(load_checkpoint))
-            print('Weights (without the classifier head) from %s' % load_checkpoint)
+            path = checkpoint_path(load_checkpoint)
+            self.fine_tune[reset_optimizer].restore(session, path)
+            what = 'weights' if reset_optimizer else 'weights and Adam state'
+            print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
 
-    def train(self, load_checkpoint=''):
-        self._save_args()
+    def train(self, load_checkpoint='', reset_optimizer=False):
         print(self.device.describe())
         print('Run folder %s' % self.run_dir)
         with self._session() as session:
-            self._start(session, load_checkpoint)
+            self._start(session, load_checkpoint, reset_optimizer)
+            self._save_args()  # after a good start: a refused --load_checkpoint leaves no run folder
             evaluator = self._evaluator(session)
             writer = tf.summary.FileWriter(self.checkpoint_dir)
             try:
@@ -92,16 +96,20 @@ class Trainer(object):
             return
         fetch = dict(train_op=self.ops['train_op'], step=self.ops['step'], losses=self.ops['losses'])
         summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16) // hp['batch'])
+        epochs = -(-total_nimg // report_nimg)
         while step < total_nimg:
             epoch = step // report_nimg
             epoch_end = min((epoch + 1) * report_nimg, total_nimg)
-            bar = tqdm(total=report_nimg, initial=step - epoch * report_nimg, unit='img',
-                       desc='Epoch %d/%d' % (epoch + 1, -(-hp['train_kimg'] // hp['report_kimg'])),
-                       leave=False, mininterval=1.)
+            bar = tqdm(total=epoch_end - epoch * report_nimg, initial=step - epoch * report_nimg,
+                       unit='img', desc='Epoch %d/%d' % (epoch + 1, epochs), leave=False,
+                       mininterval=1.)
             history = []
             while step < epoch_end:
                 out = session.run(fetch)
                 previous, step = step, out['step']
+                if not np.isfinite(out['losses']['loss']) and not self.device.loss_scaling:
+                    bar.close()
+                    self._stop_diverged(previous)
                 bar.update(step - previous)
                 history.append(out['losses'])
                 if len(history) % summary_every == 0:
@@ -111,6 +119,14 @@ class Trainer(object):
             bar.close()
             self._report(session, evaluator, writer, step, _mean_losses(history))
             self._save(session, step)
+
+    def _stop_diverged(self, step):
+        """The loss went non-finite on the weights of `step`: drop checkpoints from there on, stop."""
+        kept = _drop_checkpoints_from(self.checkpoint_dir, step)
+        raise UserError('training diverged: the loss is not finite at %d images (kimg %d); %s; '
+                        'lower --lr or check the data' % (
+                            step, step >> 10, 'newest good checkpoint %s' % kept if kept
+                            else 'no good checkpoint was saved'))
 
     def _save(self, session, step):
         # No .meta file: the graph is always rebuilt from args/args.json.
@@ -135,7 +151,8 @@ class Trainer(object):
         """Evaluate one checkpoint (no training): print the table, write result.txt and stats.json."""
         path = checkpoint_path(checkpoint)
         with self._session() as session:
-            self.saver.restore(session, path)
+            session.run(self.init_op)
+            self.model_restore.restore(session, path)
             step = session.run(self.ops['step'])
             report = self._evaluator(session).evaluate()
         evaluation.write_report(self.run_dir, report, step)
@@ -153,11 +170,74 @@ def _remove_partial_saves(folder):
             os.remove(path)
 
 
-def _head_free_saver():
-    """A saver over the model and its EMA shadows, without the classifier head (dense layer)."""
-    names = [v for v in tf.global_variables('classify')
-             if '/dense' not in v.op.name and '/Adam' not in v.op.name]
-    return tf.train.Saver(var_list=names)
+def _is_head(name):
+    return '/dense' in name
+
+
+def _model_variables():
+    """What evaluation needs: weights, batch-norm statistics, EMA shadows and the step; no Adam."""
+    return [v for v in tf.global_variables()
+            if (v.op.name.startswith('classify/') and '/Adam' not in v.op.name)
+            or v.op.name == 'global_step']
+
+
+def _fine_tune_variables(reset_optimizer):
+    """What --load_checkpoint restores, as the reference does: everything but the classifier head
+    (weights, statistics, EMA shadows, Adam's slots and power accumulators); not the step."""
+    keep = []
+    for v in tf.global_variables():
+        name = v.op.name
+        if name.startswith('classify/') and not _is_head(name):
+            if '/Adam' not in name or not reset_optimizer:
+                keep.append(v)
+        elif name in ('beta1_power', 'beta2_power') and not reset_optimizer:
+            keep.append(v)
+    return keep
+
+
+class CheckedRestore(object):
+    """Restores a list of variables from a checkpoint after checking that it holds each of them
+    with the same shape; otherwise one UserError naming the first that differs."""
+
+    def __init__(self, variables):
+        self.variables = variables
+        self.saver = tf.train.Saver(var_list=variables)
+
+    def restore(self, session, path):
+        saved = dict(tf.train.list_variables(path))
+        for variable in self.variables:
+            name, shape = variable.op.name, variable.shape.as_list()
+            if name not in saved:
+                hint = ('; --reset_optimizer starts Adam afresh' if '/Adam' in name
+                        or name.endswith('_power') else '')
+                raise UserError('%s does not hold %s: it was trained with another network or '
+                                'method (compare its args.json: --arch, --filters, --repeat, '
+                                '--scales)%s' % (path, name, hint))
+            if list(saved[name]) != shape:
+                raise UserError('%s holds %s with shape %s, but this network has %s: it was '
+                                'trained with another network (compare its args.json: --arch, '
+                                '--filters, --repeat, --scales, nclass)'
+                                % (path, name, saved[name], shape))
+        self.saver.restore(session, path)
+
+
+def _drop_checkpoints_from(folder, step):
+    """Delete checkpoints of `step` and later; point tf/checkpoint at the newest one left."""
+    state = tf.train.get_checkpoint_state(folder)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    kept = [p for p in paths if int(p.rsplit('-', 1)[1]) < step]
+    for prefix in paths:
+        if prefix not in kept:
+            for path in glob.glob(os.path.join(folder, os.path.basename(prefix)) + '.*'):
+                os.remove(path)
+    if paths:
+        if kept:  # The state file's text format, with relative paths as our saver writes them.
+            names = [os.path.basename(p) for p in kept]
+            write_text_atomic(os.path.join(folder, 'checkpoint'), 'model_checkpoint_path: "%s"\n%s' % (
+                names[-1], ''.join('all_model_checkpoint_paths: "%s"\n' % n for n in names)))
+        else:
+            os.remove(os.path.join(folder, 'checkpoint'))
+    return os.path.join(folder, os.path.basename(kept[-1])) if kept else ''
 
 
 def checkpoint_path(path):

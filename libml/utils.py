@@ -1,10 +1,13 @@
 """Small helpers shared by the library and the entry points."""
 
+import atexit
 import contextlib
 import math
 import functools
 import os
+import re
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -51,5 +54,50 @@ def cli_main(main):
 
 
 def ilog2(x):
-    """Integer log2 of a power of two."""
-    return int(round(math.log2(x)))
+    """ceil(log2(x)), as the reference's ilog2 (exact for powers of two)."""
+    return int(math.ceil(math.log2(x) - 1e-9))
+
+
+# TensorFlow's C++ start-up and grappler lines (absl format `I0000 00:00:... file.cc:12] ...`) that
+# TF_CPP_MIN_LOG_LEVEL does not silence in recent releases; errors (E, F) still pass.
+NATIVE_LOG_LINE = re.compile(r'^([IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|'
+                             r'WARNING: All log messages before absl::InitializeLog\(\))')
+
+
+def quiet_native_logs():
+    """Drop TensorFlow's C++ info and warning lines from this process's stderr (fd 2).
+
+    stderr is routed through a pipe whose reader thread forwards every other line unchanged;
+    REALMIX_NATIVE_LOGS=1 keeps everything. Call it once, in an entry point.
+    """
+    if os.environ.get('REALMIX_NATIVE_LOGS') == '1':
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        # Pieces end at \n or \r, so progress bars (which redraw with \r) pass through at once.
+        pending = b''
+        while True:
+            chunk = os.read(read_end, 1 << 16)
+            pending += chunk
+            pieces = re.split(br'(?<=[\r\n])', pending)
+            pending = pieces.pop() if chunk else b''
+            for piece in pieces + ([pending] if not chunk and pending else []):
+                if piece and not NATIVE_LOG_LINE.match(piece.decode('utf-8', 'replace')):
+                    os.write(original, piece)
+            if not chunk:
+                os.close(read_end)
+                return
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the reader drains and stops
+        thread.join(timeout=5)
+    atexit.register(restore)

@@ -16,6 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
+import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
 from libml import augment, records  # noqa: E402
@@ -31,6 +32,8 @@ def define_flags():
     flags.DEFINE_integer('aug_copy', 1, 'Augmented copies of every unlabeled image.')
     flags.DEFINE_string('augment', 'cifar10', 'Augmentation: %s.' % ', '.join(augment.KINDS))
     flags.DEFINE_integer('batch', 256, 'Images per batch through the augmentation graph.')
+    flags.DEFINE_integer('seed', 1, 'Seed of the shuffle of the copies (the reference shuffles '
+                         'them with seed 1).')
 
 
 def to_float(image):
@@ -43,18 +46,25 @@ def to_uint8(image):
     return tf.saturate_cast(tf.round((image + 1) * 127.5), tf.uint8)
 
 
-def augmented_pngs(images, kind, copies, batch=256):
-    """Yield PNG bytes of `copies` augmented passes over uint8 [N,H,W,C] images, pass by pass."""
-    function = augment.get(kind)
+def copy_order(count, copies, seed):
+    """Source image of each output record: the `copies` passes over `count` images, shuffled."""
+    return np.random.RandomState(seed).permutation(copies * count) % count
+
+
+def augmented_pngs(images, kind, order, batch=256):
+    """Yield PNG bytes of images[order[k]], each augmented on its own (offline `kind`)."""
+    function = augment.get_offline(kind)
     with tf.Graph().as_default():
         source = tf.placeholder(tf.uint8, images.shape)
-        dataset = tf.data.Dataset.from_tensor_slices(source).repeat(copies)
-        dataset = dataset.map(lambda x: tf.image.encode_png(to_uint8(function(to_float(x)))),
-                              num_parallel_calls=tf.data.experimental.AUTOTUNE)
+        indices = tf.placeholder(tf.int64, [len(order)])
+        dataset = tf.data.Dataset.from_tensor_slices(indices)
+        dataset = dataset.map(
+            lambda i: tf.image.encode_png(to_uint8(function(to_float(tf.gather(source, i))))),
+            num_parallel_calls=tf.data.experimental.AUTOTUNE)
         iterator = dataset.batch(batch).prefetch(2).make_initializable_iterator()
         pngs = iterator.get_next()
         with tf.Session() as session:
-            session.run(iterator.initializer, {source: images})
+            session.run(iterator.initializer, {source: images, indices: order})
             while True:
                 try:
                     for png in session.run(pngs):
@@ -73,7 +83,7 @@ def paths(name, seed, size, suffix=''):
             'classes': records.class_mappings_path(name + suffix)}
 
 
-def make_aug_copy(split_name, copies, kind, batch=256):
+def make_aug_copy(split_name, copies, kind, batch=256, seed=1):
     """Write NAME_augN.SEED@SIZE, all files or none; return {kind: path written}, image count."""
     match = SPLIT_NAME.match(split_name or '')
     if not match:
@@ -92,21 +102,24 @@ def make_aug_copy(split_name, copies, kind, batch=256):
                                                   else [])
     with records.atomic_outputs([dst[k] for k in keys]) as tmps:
         tmp = dict(zip(keys, tmps))
-        pngs = tqdm.tqdm(augmented_pngs(images, kind, copies, batch), total=copies * len(images),
+        order = copy_order(len(images), copies, seed)
+        pngs = tqdm.tqdm(augmented_pngs(images, kind, order, batch), total=len(order),
                          desc='augment', leave=False, disable=None)
         count = records.write_serialized(tmp['unlabel'], (
-            records.make_example(png, labels[i % len(labels)]) for i, png in enumerate(pngs)))
+            records.make_example(png, labels[order[k]]) for k, png in enumerate(pngs)))
         for key in keys[2:]:
             shutil.copyfile(src[key], tmp[key])
-        _write_map(src['map'], tmp['map'], split_name, copies, kind)
+        _write_map(src['map'], tmp['map'], split_name, copies, kind, seed)
     return dict((k, dst[k]) for k in keys), count
 
 
-def _write_map(source, target, split_name, copies, kind):
-    """The split's map.json plus a note: unlabel record k is a copy of map['unlabel'][k % U]."""
+def _write_map(source, target, split_name, copies, kind, seed):
+    """The split's map.json plus a note: unlabel record k is a copy of map['unlabel'][order[k]]."""
     with open(source) as f:
         mapping = json.load(f)
-    mapping['augmented'] = {'from': split_name, 'copies': copies, 'augment': kind}
+    mapping['augmented'] = {'from': split_name, 'copies': copies, 'augment': kind, 'seed': seed,
+                            'order': 'record k copies unlabel[numpy.random.RandomState(seed)'
+                                     '.permutation(copies * U)[k] % U], U = len(unlabel)'}
     with open(target, 'w') as f:
         json.dump(mapping, f)
 
@@ -114,7 +127,8 @@ def _write_map(source, target, split_name, copies, kind):
 def main(argv):
     if len(argv) > 1:
         raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
-    dst, count = make_aug_copy(FLAGS.aug_dataset, FLAGS.aug_copy, FLAGS.augment, FLAGS.batch)
+    dst, count = make_aug_copy(FLAGS.aug_dataset, FLAGS.aug_copy, FLAGS.augment, FLAGS.batch,
+                               FLAGS.seed)
     print('wrote %s: %d augmented images (%s x %d)' % (dst.pop('unlabel'), count, FLAGS.augment,
                                                         FLAGS.aug_copy))
     for path in dst.values():

@@ -75,15 +75,16 @@ def test_padding_is_12_pixels_at_96_and_1_pixel_at_8():
     assert None not in [_placement(o, digit, 1) for o in _draws(augment.get('svhn'), digit, 4)]
 
 
-def test_erase_hits_about_30_percent_with_a_noise_rectangle():
+def test_erase_hits_about_30_percent_with_a_rectangle_of_one_random_value():
     outs = _draws(augment.erase, np.zeros((16, 16, 3), np.float32), 400)
     erased = [o for o in outs if np.any(o != 0)]
     assert abs(len(erased) / 400. - augment.ERASE_PROBABILITY) < 0.08
     for out in erased[:20]:
         rows, cols = np.nonzero(np.any(out != 0, axis=2))
         box = out[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        assert np.all(box != 0)  # one solid rectangle of noise
+        assert np.all(box != 0) and np.ptp(box) == 0  # one solid rectangle of one value
         assert box.min() >= -1 and box.max() <= 1
+    assert len({float(o.max() if o.max() > 0 else o.min()) for o in erased}) > 10  # value per draw
 
 
 def test_unknown_kind_lists_the_valid_ones():

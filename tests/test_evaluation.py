@@ -40,7 +40,7 @@ def evaluator():
     images = rng.randint(0, 256, [20, 8, 8, 1]).astype(np.uint8)
     labels = np.arange(20) % 3
     with tf.Graph().as_default():
-        classify = models.make_classifier('convnet', 3, scales=1, filters=4, repeat=1)
+        classify = models.make_classifier('smallconv', 3, scales=1, filters=4, repeat=1)
         ops = evaluation.evaluation_towers(classify, [8, 8, 8, 1], 0.999)
         session = tf.Session()
         session.run(tf.global_variables_initializer())

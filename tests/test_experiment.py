@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import experiment  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'experiment.py')
-TINY = ['--arch=convnet', '--filters=8', '--batch=8', '--tune_kimg=0', '--eval_batch=16',
+TINY = ['--arch=smallconv', '--filters=8', '--batch=8', '--tune_kimg=0', '--eval_batch=16',
         '--device=cpu', '--seed=1', '--ema=0.9', '--w_match=1']
 ARMS = ['supervised', 'realmix']
 
@@ -118,7 +118,7 @@ def test_builtin_studies_plan_their_arms():
         study = experiment.resolve_study(name)
         commands = [' '.join(arm.command) for arm in study.arm_plans()]
         assert len(commands) == len(study.arms) >= 2
-        assert study.warmup_kimg == study.train_kimg / 4.
+        assert study.warmup_kimg == experiment.STUDIES[name].get('warmup_kimg', study.train_kimg / 4.)
         recipe = study.prepare
         classes = len(recipe.get('class_filter', '0,1,2,3,4,5,6,7,8,9').split(','))
         assert study.labels == recipe['split_size'] * classes // 10  # labels column is true
@@ -130,6 +130,14 @@ def test_builtin_studies_plan_their_arms():
     assert (mismatch.report_kimg, mismatch.warmup_kimg) == (4, 1.)
     realmix = mismatch.arm_plans()[2].command
     assert '--tsa=linear_schedule' in realmix and '--percent_mask=0.3' in realmix
+    seed = experiment.resolve_study('cifar10_250')
+    assert seed.dataset == 'cifar10.1@250-500' and seed.train_kimg >= 128
+    assert seed.warmup_kimg == seed.train_kimg  # the short-budget warm-up the earlier studies found
+    assert seed.arms == ['supervised', 'realmix_tsa', 'realmix_tsa_definition', 'mixmatch']
+    reference, definition = [[a for a in arm.command if not a.startswith('--train_dir=')]
+                             for arm in seed.arm_plans()[1:3]]
+    assert set(reference) ^ set(definition) == {'--tsa_rule=reference', '--tsa_rule=definition'}
+    assert '--percent_mask=-1' in reference  # the reference's recommended CIFAR-10 command
 
 
 @pytest.mark.parametrize('kwargs,message', [

@@ -38,23 +38,41 @@ def test_copies_in_passes_with_labels_and_companion_files(ml_data):
     src = make_aug_copy.paths('tiny', 1, 5)
     images, labels = records.load_arrays(src['unlabel'])
     copies, copy_labels = records.load_arrays(dst['unlabel'])
-    np.testing.assert_array_equal(copies, np.concatenate([images, images]))  # exact round trip
-    assert copy_labels.tolist() == labels.tolist() * 2
+    order = make_aug_copy.copy_order(15, 2, seed=1)
+    assert sorted(order.tolist()) == sorted(list(range(15)) * 2)  # each image twice, shuffled
+    assert order.tolist() != list(range(15)) * 2
+    np.testing.assert_array_equal(copies, images[order])  # exact round trip, in the seeded order
+    assert copy_labels.tolist() == labels[order].tolist()
     assert dst['unlabel'].endswith(os.path.join('SSL', 'tiny_aug2.1@5-unlabel.tfrecord'))
     for key in ('label', 'test', 'classes'):
         assert filecmp.cmp(src[key], dst[key], shallow=False), key
     with open(dst['map']) as f:
         mapping = json.load(f)
-    assert mapping['augmented'] == {'from': 'tiny.1@5', 'copies': 2, 'augment': 'none'}
+    augmented = mapping['augmented']
+    assert (augmented['from'], augmented['copies'], augmented['augment'], augmented['seed']) == (
+        'tiny.1@5', 2, 'none', 1)
     assert len(mapping['unlabel']) == 15
 
 
-def test_augmented_copies_differ_but_keep_shape(ml_data):
-    dst, count = make_aug_copy.make_aug_copy('tiny.1@5', 3, 'cutout', batch=4)
+def test_offline_cutout_erases_one_rectangle_per_image_and_does_not_shift(ml_data, monkeypatch):
+    from libml import augment
+    monkeypatch.setattr(augment, 'ERASE_PROBABILITY', 1.0)
+    dst, count = make_aug_copy.make_aug_copy('tiny.1@5', 20, 'cutout', batch=16)
     images, _ = records.load_arrays(make_aug_copy.paths('tiny', 1, 5)['unlabel'])
     copies, _ = records.load_arrays(dst['unlabel'])
-    assert count == 45 and copies.shape == (45, 8, 8, 3)
-    assert not np.array_equal(copies[:15], images)
+    assert count == 300 and copies.shape == (300, 8, 8, 3)
+    order = make_aug_copy.copy_order(15, 20, seed=1)
+    boxes = set()
+    for copy, source in zip(copies, images[order]):
+        changed = (copy != source).any(2)
+        rows, cols = np.nonzero(changed)
+        # No flip or crop: every pixel outside one rectangle is untouched.
+        assert changed.sum() > 0
+        box = (rows.min(), rows.max(), cols.min(), cols.max())
+        inside = copy[box[0]:box[1] + 1, box[2]:box[3] + 1]
+        assert np.ptp(inside.reshape(-1, 3), axis=0).max() <= 0  # one fill value, as the reference
+        boxes.add(box)
+    assert len(boxes) > 20  # drawn per image, not once for all (the reference's bug)
 
 
 @pytest.mark.parametrize('name,copies,kind,match', [

@@ -14,6 +14,16 @@ from libml.utils import UserError
 from conftest import forget_npu_bridge
 
 BF16_FLAGS = {'avx512f', 'avx512_bf16'}
+HAS_BF16_REWRITE = npu_config.ONEDNN_BF16_FIELD in RewriterConfig.DESCRIPTOR.fields_by_name
+needs_bf16_rewrite = pytest.mark.skipif(
+    not HAS_BF16_REWRITE, reason='this TensorFlow (%s) has no oneDNN bfloat16 rewrite field '
+    '(TF 1.15 lacks it)' % tf.VERSION)
+
+
+def _bf16_rewrite(config):
+    """The oneDNN bfloat16 rewrite setting of a session config; DEFAULT where TF lacks the field."""
+    return getattr(config.graph_options.rewrite_options, npu_config.ONEDNN_BF16_FIELD,
+                   RewriterConfig.DEFAULT)
 
 
 def _npu_bridge_loaded():
@@ -168,6 +178,7 @@ def test_gpu_mixed_config_and_dynamic_loss_scaling_trains_a_step():
 
 # ---- CPU ---------------------------------------------------------------------------------
 
+@needs_bf16_rewrite
 def test_cpu_mixed_runs_bfloat16_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(npu_config, 'cpu_flags', lambda: set(BF16_FLAGS))
     monkeypatch.setattr(npu_config, '_onednn_enabled', lambda: True)
@@ -185,8 +196,7 @@ def test_cpu_mixed_falls_back_to_fp32_without_bfloat16(monkeypatch):
     device, lines = _quiet_setup('cpu', 'mixed')
     assert (device.precision, device.effective_precision) == ('mixed', 'fp32')
     assert len(lines) == 1 and 'fp32' in lines[0] and 'bfloat16' in lines[0]
-    rewrite = device.session_config().graph_options.rewrite_options
-    assert rewrite.auto_mixed_precision_onednn_bfloat16 == RewriterConfig.DEFAULT
+    assert _bf16_rewrite(device.session_config()) == RewriterConfig.DEFAULT
     assert 'running fp32' in device.describe()
 
 
@@ -208,5 +218,5 @@ def test_cpu_fp32_config_is_plain():
     device, lines = _quiet_setup('cpu')
     config = device.session_config()
     assert config.allow_soft_placement and lines == []
-    assert config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == 0
+    assert _bf16_rewrite(config) == RewriterConfig.DEFAULT
     assert device.describe() == 'device=cpu precision=fp32 (float32)'

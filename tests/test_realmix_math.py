@@ -88,19 +88,67 @@ def test_tsa_drops_examples_whose_target_classes_all_reach_weight_times_eta():
         [0.30, 0.60, 0.10],   # mixed target (0.6, 0.4): 0.30 < 0.36 -> kept
     ], np.float32))
     targets = np.array([[1, 0, 0], [1, 0, 0], [.6, .4, 0], [.6, .4, 0]], np.float32)
-    keep = run(realmix.tsa_keep_mask(tf.constant(logits), tf.constant(targets), 0.6))
+    keep = run(realmix.tsa_keep_mask(tf.constant(logits), tf.constant(targets), 0.6, 'definition'))
     np.testing.assert_array_equal(keep, [0, 1, 0, 1])
     # r = 0.4 on the linear schedule with C = 3 gives eta = 0.4 * 2/3 + 1/3 = 0.6
     loss, _ = run(realmix.supervised_loss(tf.constant(logits), tf.constant(targets), 'linear_schedule',
-                                          tf.constant(0.4), 3))
+                                          tf.constant(0.4), 3, 'definition'))
     xe = -(targets * np.log(softmax(logits))).sum(1)
     assert loss == pytest.approx((xe[1] + xe[3]) / 2, rel=1e-5)
 
 
-def test_tsa_keeps_nothing_then_loss_is_zero_not_nan():
+def reference_tsa_keep(logits, targets, eta):
+    """numpy transcription of the reference's anneal_sup_loss mask (C+1 / -1 votes, mean > 0)."""
+    nclass = logits.shape[1]
+    correct_label_probs = softmax(logits) * (targets > 0)
+    votes = np.where(correct_label_probs < logits * eta, nclass + 1., -1.)
+    return (votes.mean(1) > 0).astype(np.float32)
+
+
+def test_tsa_reference_rule_compares_probabilities_with_eta_times_the_logits():
+    rng = np.random.RandomState(3)
+    logits = (rng.randn(32, 10) * 2 - 4).astype(np.float32)  # mostly negative: both outcomes occur
+    targets = np.zeros([32, 10], np.float32)
+    targets[np.arange(32), rng.randint(10, size=32)] = 0.7
+    targets[np.arange(32), rng.randint(10, size=32)] += 0.3
+    for eta in (0.1, 0.5, 1.0):
+        keep = run(realmix.tsa_keep_mask(tf.constant(logits), tf.constant(targets), eta, 'reference'))
+        expected = reference_tsa_keep(logits, targets, eta)
+        np.testing.assert_array_equal(keep, expected)
+        assert 0 < expected.sum() < 32  # the case mixes kept and dropped rows
+    # Hand-checked rows (eta = 0.5): a positive logit on any class keeps the row, even a fitted one.
+    rows = np.array([[4., -1., -1.], [-1., -2., -3.]], np.float32)
+    one_hot = np.array([[1., 0., 0.], [1., 0., 0.]], np.float32)
+    keep = run(realmix.tsa_keep_mask(tf.constant(rows), tf.constant(one_hot), 0.5, 'reference'))
+    # row 0: class 0 has p=0.99 < 0.5*4=2 -> kept; row 1: every eta*z_c < 0 <= p_c*[t_c>0] -> dropped
+    np.testing.assert_array_equal(keep, [1, 0])
+
+
+def test_tsa_reference_rule_depends_on_a_constant_shift_of_the_logits_the_definition_does_not():
+    logits = np.array([[2., 0.5, -1.], [0.1, 0.2, 0.3]], np.float32)
+    targets = np.array([[1., 0., 0.], [0.6, 0.4, 0.]], np.float32)
+    eta = 0.6
+    for shift in (-5., 0., 5.):
+        shifted = tf.constant(logits + shift)
+        reference = run(realmix.tsa_keep_mask(shifted, tf.constant(targets), eta, 'reference'))
+        definition = run(realmix.tsa_keep_mask(shifted, tf.constant(targets), eta, 'definition'))
+        np.testing.assert_array_equal(reference, reference_tsa_keep(logits + shift, targets, eta))
+        # Softmax ignores the shift, so the definition's mask does not move: row 0 is fitted.
+        np.testing.assert_array_equal(definition, [0, 1])
+        # All logits negative: nothing is below eta*z; all large positive: everything is.
+        assert reference.tolist() == {-5.: [0, 0], 0.: [1, 1], 5.: [1, 1]}[shift]
+
+
+def test_tsa_rejects_an_unknown_rule():
+    with pytest.raises(realmix.UserError, match='tsa_rule'):
+        realmix.tsa_keep_mask(tf.zeros([1, 2]), tf.zeros([1, 2]), 0.5, 'strict')
+
+
+@pytest.mark.parametrize('rule', ['reference', 'definition'])
+def test_tsa_keeps_nothing_then_loss_is_zero_not_nan(rule):
     logits = np.log(np.array([[0.9, 0.1]], np.float32))
     loss, keep = run(realmix.supervised_loss(tf.constant(logits), tf.constant([[1., 0.]]),
-                                             'linear_schedule', tf.constant(0.), 2))
+                                             'linear_schedule', tf.constant(0.), 2, rule))
     assert keep.sum() == 0 and loss == 0
 
 
@@ -157,7 +205,7 @@ def test_weight_decay_then_ema_after_each_adam_step():
     assert s == 64
 
 
-def test_ema_tracks_model_variables_only_not_the_optimizer_slots():
+def test_ema_tracks_trainable_weights_only_not_bn_statistics_nor_optimizer_slots():
     with tf.variable_scope('classify'):
         kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., 2.]))
         tf.get_variable('bn/moving_mean', initializer=tf.constant([0.]), trainable=False)
@@ -165,5 +213,4 @@ def test_ema_tracks_model_variables_only_not_the_optimizer_slots():
     realmix.training_update(dict(loss=tf.reduce_sum(kernel)),
                             dict(lr=0.1, wd=0.1, ema=0.9, batch=4), step, _PlainDevice())
     shadows = sorted(v.op.name for v in tf.global_variables() if 'ExponentialMovingAverage' in v.op.name)
-    assert shadows == ['classify/bn/moving_mean/ExponentialMovingAverage',
-                       'classify/dense/kernel/ExponentialMovingAverage']
+    assert shadows == ['classify/dense/kernel/ExponentialMovingAverage']

@@ -20,7 +20,7 @@ SCRIPT = os.path.join(ROOT, 'run_sh.py')
 NAME, NCLASS = 'tiny', 3
 SPLIT = ['--dataset=' + NAME, '--seed=1', '--label_size=15', '--valid_size=6']
 # Passed through to realmix.py: a network and a schedule that train in seconds.
-TINY = ['--arch=convnet', '--filters=8', '--train_kimg=2', '--report_kimg=1', '--save_kimg=1',
+TINY = ['--arch=smallconv', '--filters=8', '--train_kimg=2', '--report_kimg=1', '--save_kimg=1',
         '--warmup_kimg=1', '--tune_kimg=1', '--eval_batch=32']
 RUN_GLOB = '%s.1@15-6/*/' % NAME
 TABLE_HEADER = 'labeled    valid     test'
@@ -89,7 +89,7 @@ def test_obs_job_stages_data_and_returns_checkpoints_and_result(obs_server, tmp_
     run = '%s.1@15-6/%s/' % (NAME, runs.pop())
     assert out[run + 'tf/checkpoint'].decode().splitlines()[0].endswith('model.ckpt-2048"')
     assert {run + 'tf/model.ckpt-1024.index', run + 'tf/model.ckpt-2048.index'} <= set(out)
-    assert json.loads(out[run + 'args/args.json'])['arch'] == 'convnet'  # a realmix.py flag got there
+    assert json.loads(out[run + 'args/args.json'])['arch'] == 'smallconv'  # a realmix.py flag got there
     assert out['result.txt'] == out[run + 'result.txt']
     assert TABLE_HEADER in out['result.txt'].decode()
     for secret in (obs_server.secret_access_key, obs_server.access_key_id):

@@ -14,7 +14,7 @@ import pytest
 import tiny_data
 from conftest import ROOT
 
-TINY = ['--arch=convnet', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
+TINY = ['--arch=smallconv', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
         '--warmup_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
         '--ema=0.9', '--w_match=1']
 TABLE_HEADER = '                  labeled    valid     test'
@@ -87,14 +87,22 @@ def test_result_table_and_stats_are_written(trained):
         assert 0 <= stats[key] <= 100
     # The tiny task is learnable: the EMA model beats chance (33%) on the test set.
     assert stats['table']['ema']['test'] > 50
+    assert 0 < stats['valid_loss'] < 5  # the EMA model's validation cross-entropy, as the reference logs
+    # The run's output is ours alone: no TensorFlow C++ start-up lines.
+    assert 'mlir_graph_optimization_pass' not in trained['output']
+    assert 'absl::InitializeLog' not in trained['output']
+    # The reference's unlabeled confidence summaries are logged with the losses.
+    for name in ('min_unsup_prob', 'mean_unsup_prob', 'max_unsup_prob', 'tsa_kept', 'mask_ratio'):
+        assert ' %s ' % name in trained['output']
     with open(os.path.join(trained['run_dir'], 'args', 'args.json')) as f:
         args = json.load(f)
     assert args['dataset'] == trained['dataset'] and args['nclass'] == 3 and args['wd'] == 0.02
 
 
 def test_evaluating_the_checkpoint_reproduces_the_table(trained):
-    code, out = finish(realmix(trained['args'] + ['--eval_ckpt=' + os.path.join(trained['run_dir'], 'tf')],
-                               trained['root']))
+    # The network comes from the run's args.json, whatever the command line says.
+    code, out = finish(realmix(['--eval_ckpt=' + os.path.join(trained['run_dir'], 'tf'), '--device=cpu',
+                                '--arch=resnet', '--filters=32'], trained['root']))
     assert code == 0, out
     with open(os.path.join(trained['run_dir'], 'result.txt')) as f:
         table = f.read()
@@ -148,6 +156,12 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
         (['--dataset=' + trained['dataset'], '--percent_mask=1.5'], '--percent_mask=1.5 is outside'),
         (['--dataset=' + trained['dataset'], '--batch=2'], 'interleaving needs at least'),
         (['--dataset=' + trained['dataset'], '--eval_ckpt=' + str(tmp_path / 'nope')], 'does not exist'),
+        (['--dataset=' + trained['dataset'], '--lr=-1'], '--lr=-1.0 is out of range: it must be > 0'),
+        (['--dataset=' + trained['dataset'], '--ema=1.5'], '--ema=1.5 is out of range'),
+        (['--dataset=' + trained['dataset'], '--T=0'], '--T=0.0 is out of range'),
+        (['--dataset=' + trained['dataset'], '--wd=0.5', '--lr=4'], 'wd * lr'),
+        (['--dataset=' + trained['dataset'], '--load_checkpoint=' + os.path.join(trained['run_dir'], 'tf')]
+         + TINY[:1] + ['--filters=16'], 'classify/conv2d/kernel with shape [3, 3, 1, 8]'),
         (['--perform_inference', '--inference_dir=' + str(tmp_path),
           '--inference_ckpt=' + os.path.join(trained['run_dir'], 'tf')], 'holds no PNG or JPEG images'),
     ]
@@ -155,6 +169,73 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
         code, out = finish(realmix(base + args, trained['root']))
         ok, errors = _one_line_error(code, out)
         assert ok and expected in errors[0], (args, out)
+    assert not glob.glob(str(tmp_path / '*' / '*' / 'args')), 'a refused run left a run folder'
+
+
+def test_a_run_with_other_hyperparameters_never_shares_a_folder(trained):
+    import realmix as realmix_module
+    name = os.path.basename(trained['run_dir'])
+    # Every model-changing flag is in the name; schedule length and evaluation flags are not.
+    for part in ('T0.5', 'tsa_rulereference', 'augmentcifar10', 'precisionfp32', 'beta0.75'):
+        assert part in name.split('_') or part in name, (part, name)
+    assert 'train_kimg' not in name and 'tune_kimg' not in name
+    with open(os.path.join(trained['run_dir'], 'args', 'args.json')) as f:
+        hp = json.load(f)
+    assert realmix_module.experiment_name(hp) == name
+    for changed in (dict(T=0.3), dict(augment='none'), dict(precision='mixed'), dict(tsa_rule='definition')):
+        assert realmix_module.experiment_name(dict(hp, **changed)) != name
+    assert realmix_module.experiment_name(dict(hp, train_kimg=99, tune_kimg=0, device='gpu')) == name
+
+
+def test_a_run_folder_holding_another_model_is_refused(trained, tmp_path):
+    import shutil
+    train_dir = str(tmp_path / 'runs')
+    shutil.copytree(os.path.dirname(trained['run_dir']), os.path.join(train_dir, trained['dataset']))
+    run_dir = os.path.join(train_dir, trained['dataset'], os.path.basename(trained['run_dir']))
+    args_path = os.path.join(run_dir, 'args', 'args.json')
+    hp = json.load(open(args_path))
+    with open(args_path, 'w') as f:
+        json.dump(dict(hp, beta=0.5), f)  # as if written by another version with another naming
+    before = open(args_path).read()
+    code, out = finish(realmix(['--train_dir=' + train_dir] + trained['args'][:1] + trained['args'][2:],
+                               trained['root']))
+    ok, errors = _one_line_error(code, out)
+    assert ok and '--beta=0.75 here, 0.5 in the run' in errors[0], out
+    assert open(args_path).read() == before
+
+
+def test_divergence_stops_with_one_line_and_no_bad_checkpoint(trained, tmp_path):
+    train_dir = str(tmp_path / 'runs')
+    code, out = finish(realmix(['--train_dir=' + train_dir, '--dataset=' + trained['dataset'],
+                                '--train_kimg=2', '--lr=1e30', '--wd=0'] + TINY, trained['root']))
+    ok, errors = _one_line_error(code, out)
+    assert ok and 'training diverged: the loss is not finite at' in errors[0], out
+    run = run_dir_of(train_dir)
+    assert not os.path.exists(os.path.join(run, 'result.txt'))
+    import tensorflow.compat.v1 as tf
+    latest = tf.train.latest_checkpoint(os.path.join(run, 'tf'))
+    if latest:  # whatever is left is finite
+        reader = tf.train.load_checkpoint(latest)
+        for name in reader.get_variable_to_shape_map():
+            assert np.isfinite(reader.get_tensor(name)).all(), name
+
+
+def test_drop_checkpoints_from_keeps_the_older_ones_as_newest(tmp_path):
+    from libml import train
+    folder = str(tmp_path)
+    for step in (1024, 2048, 3072):
+        for ext in ('index', 'data-00000-of-00001'):
+            (tmp_path / ('model.ckpt-%d.%s' % (step, ext))).write_text('x')
+    (tmp_path / 'checkpoint').write_text(
+        'model_checkpoint_path: "model.ckpt-3072"\n' + ''.join(
+            'all_model_checkpoint_paths: "model.ckpt-%d"\n' % s for s in (1024, 2048, 3072)))
+    kept = train._drop_checkpoints_from(folder, 2048)
+    assert kept == os.path.join(folder, 'model.ckpt-1024')
+    assert sorted(os.listdir(folder)) == ['checkpoint', 'model.ckpt-1024.data-00000-of-00001',
+                                          'model.ckpt-1024.index']
+    import tensorflow.compat.v1 as tf
+    assert tf.train.latest_checkpoint(folder) == kept
+    assert train._drop_checkpoints_from(folder, 0) == '' and os.listdir(folder) == []
 
 
 def test_inference_rejects_images_of_the_wrong_size(trained, tmp_path):
@@ -179,13 +260,33 @@ def test_load_checkpoint_takes_every_weight_but_the_classifier_head(trained, tmp
     trainer = train.Trainer(str(tmp_path / 'run'), hp, dataset, device, realmix.build_graph)
     checkpoint = os.path.join(trained['run_dir'], 'tf', 'model.ckpt-3072')
     reader = tf.train.load_checkpoint(checkpoint)
-    with tf.Session(graph=trainer.graph) as session:
-        trainer._start(session, checkpoint)
-        conv, head, conv_ema, step = session.run(
-            [trainer.graph.get_tensor_by_name(name + ':0') for name in (
-                'classify/conv2d/kernel', 'classify/dense/kernel',
-                'classify/conv2d/kernel/ExponentialMovingAverage', 'global_step')])
-    np.testing.assert_array_equal(conv, reader.get_tensor('classify/conv2d/kernel'))
-    np.testing.assert_array_equal(conv_ema, reader.get_tensor('classify/conv2d/kernel/ExponentialMovingAverage'))
-    assert not np.array_equal(head, reader.get_tensor('classify/dense/kernel'))
-    assert step == 0  # a new run starts its own schedule
+    names = ('classify/conv2d/kernel', 'classify/dense/kernel',
+             'classify/conv2d/kernel/ExponentialMovingAverage', 'classify/conv2d/kernel/Adam',
+             'beta1_power', 'global_step')
+    for reset in (False, True):
+        with tf.Session(graph=trainer.graph) as session:
+            trainer._start(session, checkpoint, reset_optimizer=reset)
+            conv, head, conv_ema, conv_adam, power, step = session.run(
+                [trainer.graph.get_tensor_by_name(name + ':0') for name in names])
+        np.testing.assert_array_equal(conv, reader.get_tensor('classify/conv2d/kernel'))
+        np.testing.assert_array_equal(conv_ema, reader.get_tensor(names[2]))
+        assert not np.array_equal(head, reader.get_tensor('classify/dense/kernel'))
+        assert step == 0  # a new run starts its own schedule
+        # As the reference: Adam's slots and power accumulators come along, unless reset.
+        assert np.array_equal(conv_adam, reader.get_tensor(names[3])) != reset
+        assert (power == reader.get_tensor('beta1_power')) != reset
+
+
+def test_checkpoints_have_the_reference_variable_layout(trained):
+    """EMA shadows of trainable weights only, as the reference: its checkpoints load here and ours there."""
+    import tensorflow.compat.v1 as tf
+    reader = tf.train.load_checkpoint(os.path.join(trained['run_dir'], 'tf', 'model.ckpt-3072'))
+    names = set(reader.get_variable_to_shape_map())
+    weights = {n for n in names if n.startswith('classify/') and '/Adam' not in n
+               and 'ExponentialMovingAverage' not in n}
+    trainable = {n for n in weights if not n.endswith(('moving_mean', 'moving_variance'))}
+    expected = (weights | {n + '/ExponentialMovingAverage' for n in trainable}
+                | {n + suffix for n in trainable for suffix in ('/Adam', '/Adam_1')}
+                | {'beta1_power', 'beta2_power', 'global_step'})
+    assert names == expected
+    assert any(n.endswith('moving_mean') for n in weights)

@@ -21,7 +21,7 @@ def dataset(tmp_path_factory):
 
 
 def hyper_parameters(dataset, method='realmix'):
-    hp = dict(method=method, arch='convnet', filters=8, repeat=1, scales=1, batch=8, lr=0.002,
+    hp = dict(method=method, arch='smallconv', filters=8, repeat=1, scales=1, batch=8, lr=0.002,
               wd=0.02, ema=0.999, beta=0.75, w_match=75., warmup_kimg=1., T=0.5,
               tsa='linear_schedule', percent_mask=0.25, eval_batch=16, total_nimg=4096,
               augment='cifar10')
