@@ -2,12 +2,16 @@
 """Training speed in labeled img/s: the full pipeline against the bare train op on constant inputs.
 
     python scripts/benchmark.py --dataset=cifar10.1@4000-0 --precision=fp32,mixed
+    python scripts/benchmark.py --precisions=fp32,mixed --profile=/tmp/profile   # where a step goes
 
 Without --dataset it writes a synthetic 32x32 RGB dataset to a temporary folder. Each setting is
 timed --repeats times for --steps steps after --warmup steps; the medians are printed.
 """
 
+import collections
+import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -21,7 +25,7 @@ from absl import app, flags
 
 import realmix
 from libml import data, npu_config, records
-from libml.utils import cli_main
+from libml.utils import atomic_output, cli_main, quiet_native_logs
 
 flags.DEFINE_string('modes', 'pipeline,constant', 'pipeline (tf.data input, EMA, weight decay) and/or '
                     'constant (the same train op fed with constant in-graph tensors).')
@@ -29,6 +33,8 @@ flags.DEFINE_string('precisions', 'fp32', 'Comma-separated precisions to time.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
 flags.DEFINE_integer('warmup', 5, 'Untimed steps before timing.')
 flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
+flags.DEFINE_string('profile', '', 'Folder: trace one step of each setting (chrome://tracing or '
+                    'Perfetto JSON, PRECISION_MODE.trace.json) and print its ten costliest op types.')
 FLAGS = flags.FLAGS
 
 
@@ -87,6 +93,50 @@ class Setting(object):
         self.run(steps)
         self.rates.append(steps * self.batch / (time.time() - start))
 
+    def profile(self, folder):
+        """Trace one step: write the chrome trace; return [(op type, seconds)] by cost."""
+        from tensorflow.python.client import timeline
+        options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
+        metadata = tf.RunMetadata()
+        self.session.run(self.train_op, options=options, run_metadata=metadata)
+        name = '_'.join(self.name.split())
+        path = os.path.join(folder, '%s.trace.json' % name)
+        with atomic_output(path) as tmp:
+            with open(tmp, 'w') as f:
+                f.write(timeline.Timeline(metadata.step_stats).generate_chrome_trace_format())
+        return op_type_costs(metadata.step_stats, self.session.graph), path
+
+
+def op_type_costs(step_stats, graph):
+    """Kernel time per op type over every device of one traced step, costliest first.
+
+    The type is the kernel that ran (after grappler's rewrites, e.g. _FusedConv2D for a
+    convolution fused with its bias), read from the trace label; else the graph op's type.
+    """
+    costs = collections.Counter()
+    for device in step_stats.dev_stats:
+        for node in device.node_stats:
+            label = re.match(r'^\S+ = (\S+?)\(', node.timeline_label)
+            kind = label.group(1) if label else _graph_op_type(graph, node.node_name)
+            costs[kind] += (node.op_end_rel_micros - node.op_start_rel_micros) * 1e-6
+    return costs.most_common()
+
+
+def _graph_op_type(graph, node_name):
+    name = node_name.split(':')[0]
+    try:
+        return graph.get_operation_by_name(name).type
+    except (KeyError, ValueError):
+        return name if name.startswith('_') else 'other'  # runtime nodes (_SOURCE, ...)
+
+
+def print_profile(setting, costs, path, top=10):
+    total = sum(seconds for _, seconds in costs) or 1.
+    print('%s: one step traced to %s; op time %.1f ms (summed over threads); top %d op types:'
+          % (setting.name.strip(), path, total * 1e3, top))
+    for kind, seconds in costs[:top]:
+        print('  %-32s %8.2f ms  %5.1f %%' % (kind, seconds * 1e3, 100 * seconds / total))
+
 
 def main(argv):
     del argv
@@ -118,9 +168,14 @@ def main(argv):
     fp32, mixed = results.get(('fp32', 'pipeline')), results.get(('mixed', 'pipeline'))
     if fp32 and mixed:
         print('mixed / fp32 (pipeline) = %.2fx' % (mixed / fp32))
+    if FLAGS.profile:
+        for setting in settings:
+            costs, path = setting.profile(FLAGS.profile)
+            print_profile(setting, costs, path)
 
 
 if __name__ == '__main__':
+    quiet_native_logs()
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
     app.run(cli_main(main))

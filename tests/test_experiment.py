@@ -203,3 +203,27 @@ def test_prepare_from_missing_images_is_one_line_and_writes_nothing(tmp_path):
         'error: --images=%s: no such archive or folder; give the CIFAR-10 JPEG archive or a '
         'folder with train/<class>/ and test/<class>/' % (tmp_path / 'nope.tar.gz')]
     assert not os.path.exists(ml_data) or os.listdir(ml_data) == []
+
+
+def test_a_killed_arm_resumes_from_its_checkpoint(tmp_path):
+    import glob
+    import signal
+    import time
+    root = str(tmp_path / 'data')
+    folder = str(tmp_path / 'study')
+    args = ['--study_dir=' + folder, '--dataset=%s-12' % tiny_data.make_ssl_dataset(root),
+            '--arms=realmix', '--train_kimg=3', '--report_kimg=1', '--'] + TINY
+    env = dict(os.environ, ML_DATA=root, CUDA_VISIBLE_DEVICES='')
+    first = subprocess.Popen([sys.executable, SCRIPT] + args, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while not glob.glob(os.path.join(folder, 'arms', 'realmix', '*', '*', 'tf', 'checkpoint')):
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the study and its realmix.py, mid-arm
+    first.wait()
+    result = run_experiment(args, root)
+    assert result.returncode == 0, result.stdout
+    assert 'Resumed from' in result.stdout and 'Epoch 1/3' not in result.stdout.split('Resumed from')[1]
+    record = json.loads(read(os.path.join(folder, 'arms', 'realmix', 'arm.json')))
+    assert record['step'] == 3072 and 0 < record['images_trained'] < 3072  # img/s of the resumed part
