@@ -74,17 +74,27 @@ def gpu_available():
 
 
 def import_npu_bridge(required):
-    """Import `npu_bridge.npu_init` (registers the NPU ops); None when absent and not required."""
+    """Import `npu_bridge.npu_init` (registers the NPU ops); None when absent and not required.
+
+    The import needs CANN as well as npu_bridge: CANN's `hccl` package raises ValueError, not
+    ImportError, when its library does not load, and the adapter's own library can fail in
+    other ways. Any such failure is a one-line UserError, under `auto` too: an Ascend job with a
+    broken CANN must not train on the CPU for days unnoticed. Only a missing npu_bridge lets
+    `auto` fall back (silently).
+    """
     try:
         return importlib.import_module('npu_bridge.npu_init')
-    except ImportError as e:
-        absent = getattr(e, 'name', None) in ('npu_bridge', 'npu_bridge.npu_init')
+    except Exception as e:  # pylint: disable=broad-except  # any failure: the NPU is unusable
+        absent = (isinstance(e, ImportError)
+                  and getattr(e, 'name', None) in ('npu_bridge', 'npu_bridge.npu_init'))
         if absent and not required:
             return None
         if absent:
             raise UserError(NPU_MISSING)
-        raise UserError('npu_bridge is installed but does not import (%s); check the CANN '
-                        'environment, or use --device=cpu/gpu' % ' '.join(str(e).split()))
+        problem = 'npu_bridge is installed but does not import (%s: %s)' % (
+            type(e).__name__, ' '.join(str(e).split()))
+        raise UserError(problem + '; check the CANN environment (source its set_env.sh), or '
+                        'use --device=cpu/gpu')
 
 
 def _check_choice(kind, value, valid):
@@ -211,7 +221,11 @@ _CONFIGURE = {'cpu': _configure_cpu, 'gpu': _configure_gpu, 'npu': _configure_np
 
 
 def _npu_loss_scale_optimizer(optimizer):
-    """NPULossScaleOptimizer with the exponential manager the Ascend ModelZoo uses."""
+    """NPULossScaleOptimizer with the exponential manager the Ascend ModelZoo uses.
+
+    From 2^32 the scale halves every second overflowing step; on each of those steps the
+    adapter skips the inner (Adam) update and the rest of our step still runs (docs/npu.md).
+    """
     lso = importlib.import_module('npu_bridge.estimator.npu.npu_loss_scale_optimizer')
     lsm = importlib.import_module('npu_bridge.estimator.npu.npu_loss_scale_manager')
     manager = lsm.ExponentialUpdateLossScaleManager(

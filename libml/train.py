@@ -190,7 +190,8 @@ def _fine_tune_variables(reset_optimizer):
         if name.startswith('classify/') and not _is_head(name):
             if '/Adam' not in name or not reset_optimizer:
                 keep.append(v)
-        elif name in ('beta1_power', 'beta2_power') and not reset_optimizer:
+        elif name.split('/')[-1] in ('beta1_power', 'beta2_power') and not reset_optimizer:
+            # Under loss scaling the powers live in a cond scope (cond/beta1_power, cond_1/...).
             keep.append(v)
     return keep
 

@@ -13,9 +13,13 @@ if ROOT not in sys.path:
 FAKE_NPU = os.path.join(ROOT, 'tests', 'fake_npu')
 
 
+FAKE_NPU_MODULES = ('npu_bridge', 'hccl', 'fake_npu_state')  # tests/fake_npu's top-level names
+
+
 def forget_npu_bridge():
+    """Drop npu_bridge and the fake's other modules (CANN's hccl, its state) from sys.modules."""
     for name in list(sys.modules):
-        if name == 'npu_bridge' or name.startswith('npu_bridge.'):
+        if name.split('.')[0] in FAKE_NPU_MODULES:
             del sys.modules[name]
 
 

@@ -30,8 +30,9 @@ def _png_records(folder):
     return tf.data.TFRecordDataset(path)
 
 
-def _step(images, loss_scale=False):
-    """A conv + dense classifier step on `images`; returns its train op."""
+def _step(images, loss_scale=False, wrap=None):
+    """A conv + dense classifier step on `images`; returns its train op. `wrap`: a function
+    that wraps the Adam optimizer (e.g. in the NPU loss-scale optimizer)."""
     kernel = tf.get_variable('conv', [3, 3, 3, 4])
     dense = tf.get_variable('dense', [4, 2])
     features = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(images, kernel, [1] * 4, 'SAME')), [1, 2])
@@ -40,7 +41,16 @@ def _step(images, loss_scale=False):
     if loss_scale:
         optimizer = tf.train.experimental.MixedPrecisionLossScaleOptimizer(
             optimizer, tf.train.experimental.DynamicLossScale())
+    if wrap is not None:
+        optimizer = wrap(optimizer)
     return optimizer.minimize(loss, global_step=tf.train.get_or_create_global_step())
+
+
+def _npu_loss_scaled(optimizer):
+    """`optimizer` in the fake adapter's NPULossScaleOptimizer, as libml wraps it."""
+    from npu_bridge.npu_init import ExponentialUpdateLossScaleManager, NPULossScaleOptimizer
+    manager = ExponentialUpdateLossScaleManager(2 ** 32, 1000, decr_ratio=0.5)
+    return NPULossScaleOptimizer(optimizer, manager)
 
 
 def _audit(build, **kwargs):
@@ -64,6 +74,13 @@ def test_static_pipeline_and_step_is_clean():
 def test_loss_scaled_step_is_clean_when_loss_scale_expected():
     def build():
         return _step(_batches(tf.data.Dataset.from_tensor_slices(_images())), loss_scale=True)
+    assert _audit(build, expect_loss_scale=True) == []
+
+
+def test_npu_loss_scaled_step_with_its_overflow_cond_is_clean(fake_npu):
+    def build():
+        return _step(_batches(tf.data.Dataset.from_tensor_slices(_images())),
+                     wrap=_npu_loss_scaled)
     assert _audit(build, expect_loss_scale=True) == []
 
 

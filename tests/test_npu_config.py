@@ -30,6 +30,19 @@ def _npu_bridge_loaded():
     return any(name.split('.')[0] == 'npu_bridge' for name in sys.modules)
 
 
+def _fake_checks():
+    """The fake adapter's test-only module (records, session-option validation)."""
+    return importlib.import_module('npu_bridge.fake_checks')
+
+
+def _validated(device, graph=None):
+    """`device`'s session config, refused by the fake adapter's checks when it would be wrong."""
+    config = device.session_config()
+    if device.name == 'npu':
+        _fake_checks().validate_session_config(config, graph)
+    return config
+
+
 @pytest.fixture
 def no_npu(monkeypatch):
     """No npu_bridge and no GPU: what `auto` sees on this workstation."""
@@ -41,6 +54,12 @@ def _npu_optimizer_entry(config):
     entries = config.graph_options.rewrite_options.custom_optimizers
     assert [e.name for e in entries] == ['NpuOptimizer']
     return entries[0].parameter_map
+
+
+def _variable(name):
+    """The global variable called `name` in the default graph."""
+    [variable] = [v for v in tf.global_variables() if v.op.name == name]
+    return variable
 
 
 def _quiet_setup(*args, **kwargs):
@@ -112,13 +131,47 @@ def test_npu_bridge_is_imported_only_for_the_npu(fake_npu):
     assert _npu_bridge_loaded()
 
 
+# ---- a broken CANN: hccl missing, or present but its library does not load ------------------
+
+HCCL_FAILURES = [('absent', "ModuleNotFoundError: No module named 'hccl'"),
+                 ('broken', 'ValueError: load hccl lib error')]
+
+
+@pytest.mark.parametrize('mode, problem', HCCL_FAILURES)
+def test_npu_with_a_broken_cann_is_one_line_naming_the_problem(fake_npu, monkeypatch, mode,
+                                                               problem):
+    monkeypatch.setenv('FAKE_NPU_HCCL', mode)
+    with pytest.raises(UserError) as info:
+        npu_config.setup('npu')
+    message = str(info.value)
+    assert '\n' not in message
+    assert message.startswith('npu_bridge is installed but does not import (%s)' % problem)
+    assert 'CANN' in message and '--device=cpu/gpu' in message
+
+
+@pytest.mark.parametrize('mode, problem', HCCL_FAILURES)
+def test_auto_with_a_broken_cann_is_the_same_one_line_not_a_silent_cpu_run(fake_npu, monkeypatch,
+                                                                           mode, problem):
+    monkeypatch.setenv('FAKE_NPU_HCCL', mode)
+    monkeypatch.setattr(npu_config, 'gpu_available', lambda: False)
+    with pytest.raises(UserError) as info:
+        npu_config.setup('auto')
+    assert str(info.value).startswith('npu_bridge is installed but does not import (%s)' % problem)
+
+
+def test_auto_without_npu_bridge_is_silent(no_npu):
+    assert _quiet_setup('auto')[1] == []
+
+
 # ---- NPU ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('precision, mode', [('mixed', b'allow_mix_precision'),
                                              ('fp32', b'force_fp32')])
 def test_npu_session_config(fake_npu, precision, mode):
     device, _ = _quiet_setup('npu', precision)
-    config = device.session_config()
+    config = _validated(device)
+    for release in _fake_checks().NPU_OPTIMIZER_KEYS:  # every adapter branch knows our keys
+        assert _fake_checks().session_config_problems(config, release=release) == []
     params = _npu_optimizer_entry(config)
     assert params['use_off_line'].b is True
     assert params['precision_mode'].s == mode
@@ -129,18 +182,49 @@ def test_npu_session_config(fake_npu, precision, mode):
     assert device.describe().startswith('device=npu precision=%s' % precision)
 
 
-def test_npu_mixed_wraps_with_exponential_loss_scaling_and_trains(fake_npu):
+def test_npu_mixed_wraps_with_the_modelzoo_exponential_loss_scaling(fake_npu):
     device, _ = _quiet_setup('npu', 'mixed')
     graph, train_op, optimizer, before, after = _train_one_step(device)
-    lso = importlib.import_module('npu_bridge.estimator.npu.npu_loss_scale_optimizer')
-    assert isinstance(optimizer, lso.NPULossScaleOptimizer)
-    assert optimizer.calls == ['compute_gradients', 'apply_gradients']
-    assert optimizer.loss_scale_manager.args == dict(
+    checks = _fake_checks()
+    [made] = checks.calls('NPULossScaleOptimizer')
+    assert made.obj is optimizer and made.args['is_distributed'] is False
+    assert type(made.args['opt']) is tf.train.GradientDescentOptimizer
+    manager = made.args['loss_scale_manager']
+    assert type(manager).__name__ == 'ExponentialUpdateLossScaleManager'
+    assert checks.constructed(manager) == dict(
         init_loss_scale=2 ** 32, incr_every_n_steps=1000, decr_every_n_nan_or_inf=2,
         incr_ratio=2, decr_ratio=0.5)
-    assert type(optimizer.loss_scale_manager).__name__ == 'ExponentialUpdateLossScaleManager'
-    assert after[1] < before[1]
+    assert [c.name for c in checks.calls() if c.obj is optimizer] == [
+        'NPULossScaleOptimizer', 'NPULossScaleOptimizer.compute_gradients',
+        'NPULossScaleOptimizer.apply_gradients']
     assert graph_audit.audit_train_graph(graph, train_op, expect_loss_scale=True) == []
+    # From 2^32 the scaled gradients overflow float16: the first update is skipped.
+    np.testing.assert_array_equal(after[0], before[0])
+
+
+def test_npu_mixed_skips_updates_until_the_scale_fits_float16_then_trains(fake_npu):
+    device, _ = _quiet_setup('npu', 'mixed')
+    with tf.Graph().as_default():
+        x = tf.constant(np.linspace(-1, 1, 16, dtype=np.float32).reshape(8, 2))
+        kernel = tf.get_variable('kernel', [2, 1], initializer=tf.zeros_initializer())
+        loss = tf.reduce_mean(tf.square(tf.matmul(x, kernel) - 1.0))
+        train_op = device.wrap_optimizer(tf.train.GradientDescentOptimizer(0.5)).minimize(loss)
+        scale, bad = _variable('loss_scale'), _variable('bad_steps')
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            runs = 0  # train_op runs until the kernel moves
+            while sess.run(kernel)[0, 0] == 0:
+                assert sess.run(scale) == 2.0 ** (32 - runs // 2)
+                assert sess.run(bad) == runs % 2
+                sess.run(train_op)
+                runs += 1
+                assert runs < 70
+            final_loss = sess.run(loss)
+    # The update applies from the first scale at which scale * max|gradient| fits float16.
+    gradient = np.abs(2 * np.linspace(-1, 1, 16).reshape(8, 2).mean(0)).max()  # 2/15
+    fits = int(np.floor(np.log2(65504 / gradient)))
+    assert runs == 2 * (32 - fits) + 1  # two overflows per halving, then the applied step
+    assert final_loss < 1.0
 
 
 def test_npu_fp32_leaves_the_optimizer_alone(fake_npu):

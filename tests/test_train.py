@@ -290,3 +290,20 @@ def test_checkpoints_have_the_reference_variable_layout(trained):
                 | {'beta1_power', 'beta2_power', 'global_step'})
     assert names == expected
     assert any(n.endswith('moving_mean') for n in weights)
+
+
+def test_fine_tuning_carries_adam_powers_wherever_loss_scaling_puts_them():
+    """Loss-scaled optimizers create Adam's powers in a cond scope (cond/beta1_power on the NPU,
+    cond_1/beta1_power on GPU): --load_checkpoint must carry them too."""
+    import tensorflow.compat.v1 as tf
+    from libml import train
+    with tf.Graph().as_default():
+        tf.get_variable('classify/conv2d/kernel', [1])
+        tf.get_variable('classify/dense/kernel', [1])
+        with tf.variable_scope('cond'):
+            tf.get_variable('beta1_power', [])
+        tf.get_variable('beta2_power', [])
+        names = sorted(v.op.name for v in train._fine_tune_variables(reset_optimizer=False))
+        reset = sorted(v.op.name for v in train._fine_tune_variables(reset_optimizer=True))
+    assert names == ['beta2_power', 'classify/conv2d/kernel', 'cond/beta1_power']
+    assert reset == ['classify/conv2d/kernel']

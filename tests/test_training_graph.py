@@ -45,6 +45,9 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
         assert not [op for op in graph.get_operations() if op.type in ('PyFunc', 'EagerPyFunc')]
         # Session config of a GPU/NPU is built but the steps run on this CPU.
         config = device.session_config() if device_name == 'cpu' else None
+        if device_name == 'npu':
+            from npu_bridge import fake_checks
+            fake_checks.validate_session_config(device.session_config(), graph)
         with tf.Session(config=config) as session:
             session.run(tf.global_variables_initializer())
             for _ in range(2):
@@ -63,3 +66,76 @@ def test_supervised_baseline_graph_is_clean(dataset):
         ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=(labeled, None))
         assert graph_audit.audit_train_graph(graph, ops['train_op']) == []
         assert set(ops['losses']) == {'loss', 'xe'}
+
+
+def _state(session, groups):
+    """Values of every variable in `groups` (a dict of lists of variables)."""
+    return {name: session.run(variables) for name, variables in groups.items()}
+
+
+def test_npu_mixed_skips_adam_on_overflow_but_the_rest_of_the_step_runs(dataset, fake_npu):
+    """Under the fake adapter, from the 2^32 starting scale: every overflowing step skips Adam
+    (weights, slots, beta powers) while the loss scale halves every second step; weight decay,
+    batch-norm statistics, EMA and the image counter run on every step (docs/npu.md says why);
+    once the scale fits float16, Adam applies."""
+    from npu_bridge import fake_checks
+    device = npu_config.setup('npu', 'mixed', log=lambda *a: None)
+    # No TSA: at step 0 it can mask every labeled example, and a zero gradient never overflows.
+    hp = dict(hyper_parameters(dataset), tsa='none')
+    decay = 1 - hp['wd'] * hp['lr']
+    with tf.Graph().as_default() as graph:
+        pipelines = (data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment'])),
+                     data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'])))
+        ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=pipelines)
+        fake_checks.validate_session_config(device.session_config(), graph)
+        named = {v.op.name: v for v in tf.global_variables()}
+        trainable = tf.trainable_variables('classify')
+        kernels = [v for v in trainable if v.op.name.endswith('/kernel')]
+        groups = dict(
+            kernels=kernels,
+            other_weights=[v for v in trainable if v not in kernels],
+            # Adam's slots, then its beta powers: created inside the loss-scale optimizer's
+            # tf.cond they are named 'cond/beta1_power', not 'beta1_power' (GPU's loss scaling
+            # gives 'cond_1/beta1_power').
+            adam=[v for n, v in named.items() if n.endswith(('/Adam', '/Adam_1'))]
+            + [v for n, v in sorted(named.items()) if n.endswith(('beta1_power', 'beta2_power'))],
+            bn=[v for n, v in named.items() if n.endswith(('moving_mean', 'moving_variance'))],
+            shadows=[named[v.op.name + '/ExponentialMovingAverage'] for v in trainable],
+            trainable=trainable,
+            scale=[named['loss_scale'], named['good_steps'], named['bad_steps']],
+            step=[ops['step']])
+        assert groups['bn'] and groups['other_weights'] and len(groups['adam']) > 2
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            skipped = 0
+            while True:
+                before = _state(session, groups)
+                _, losses = session.run([ops['train_op'], ops['losses']])
+                after = _state(session, groups)
+                assert np.isfinite(losses['loss'])
+                assert after['step'][0] == before['step'][0] + hp['batch']  # counter: always
+                assert all(not np.array_equal(a, b) for a, b in zip(after['bn'], before['bn']))
+                for shadow, old, weight in zip(after['shadows'], before['shadows'],
+                                               after['trainable']):
+                    np.testing.assert_allclose(shadow, hp['ema'] * old + (1 - hp['ema']) * weight,
+                                               rtol=1e-5, atol=1e-7)
+                scale, good, bad = before['scale']
+                applied = after['adam'][-1] != before['adam'][-1]  # beta2_power moved
+                if applied:
+                    break
+                skipped += 1
+                for a, b in zip(after['adam'] + after['other_weights'],
+                                before['adam'] + before['other_weights']):
+                    np.testing.assert_array_equal(a, b)  # Adam skipped
+                for a, b in zip(after['kernels'], before['kernels']):
+                    np.testing.assert_allclose(a, b * decay, rtol=1e-6)  # weight decay ran
+                    assert not np.array_equal(a, b)
+                assert after['scale'] == ([scale / 2, 0, 0] if bad == 1 else [scale, 0, bad + 1])
+                assert skipped < 80, 'the loss scale never got small enough'
+    assert (scale, good, bad) == (2.0 ** (32 - skipped // 2), 0, skipped % 2)
+    assert skipped >= 16  # at 2^24 any gradient above 65504 / 2^24 = 0.004 still overflows
+    assert after['scale'] == [scale, 1, bad]  # finite step: one good step; bad steps stay
+    for a, b in zip(after['other_weights'], before['other_weights']):
+        assert not np.array_equal(a, b)  # Adam moved the biases and batch-norm gains
+    moved = [np.abs(a - b * decay).max() for a, b in zip(after['kernels'], before['kernels'])]
+    assert min(moved) > 1e-4  # lr 0.002: Adam's first step moves each weight by about lr

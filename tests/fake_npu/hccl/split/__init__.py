@@ -1,0 +1,1 @@
+"""Fake `hccl.split`."""
