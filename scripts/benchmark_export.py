@@ -20,7 +20,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from libml import export  # noqa: E402
-from libml.utils import UserError, cli_main  # noqa: E402
+from libml.utils import UserError, cli_main, quiet_native_logs  # noqa: E402
 
 flags.DEFINE_string('batches', '1,256', 'Comma-separated batch sizes to time.')
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per batch size; the median is printed.')
@@ -90,6 +90,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    quiet_native_logs()
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
     app.run(cli_main(main))

@@ -18,7 +18,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from libml import export  # noqa: E402
-from libml.utils import UserError, cli_main  # noqa: E402
+from libml.utils import UserError, cli_main, quiet_native_logs  # noqa: E402
 
 flags.DEFINE_integer('ckpt', None, 'Step of the checkpoint to export (RUN/tf/model.ckpt-STEP); '
                      'default: the newest.')
@@ -39,6 +39,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    quiet_native_logs()
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
     app.run(cli_main(main))
