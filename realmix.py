@@ -11,7 +11,6 @@ One training step (DESIGN.md section 4):
   5. Adam step, then EMA of the weights and decoupled weight decay.
 """
 
-import json
 import os
 import warnings
 
@@ -240,11 +239,9 @@ def experiment_name(hp):
 
 def check_run_folder(run_dir, hp):
     """UserError when RUN/args/args.json holds a model with other hyperparameters than `hp`."""
-    path = os.path.join(run_dir, 'args', 'args.json')
-    if not os.path.isfile(path):
+    saved = train.read_args(run_dir)
+    if saved is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
     differing = ['--%s=%s here, %s in the run' % (k, hp.get(k), saved.get(k))
                  for k in run_name_keys(dict(saved, **hp)) if saved.get(k) != hp.get(k)]
     if differing:

@@ -17,7 +17,7 @@ import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from libml import evaluation, graph_audit, models
-from libml.train import CheckedRestore, checkpoint_path
+from libml.train import CheckedRestore, checkpoint_path, read_args
 from libml.utils import UserError, write_text_atomic
 
 FORMATS = ('pb', 'savedmodel')
@@ -35,17 +35,13 @@ VARIABLE_OPS = frozenset(['Variable', 'VariableV2', 'VarHandleOp', 'ReadVariable
 
 def run_hparams(run_dir):
     """The hyperparameters of a run folder (RUN/args/args.json); UserError when it has none."""
-    path = os.path.join(run_dir, 'args', 'args.json')
     if not os.path.isdir(run_dir):
         raise UserError('%s: no such run folder' % run_dir)
-    if not os.path.isfile(path):
+    hp = read_args(run_dir)
+    if hp is None:
         raise UserError('%s has no args/args.json, so the network cannot be rebuilt; pass a run '
                         'folder made by realmix.py (TRAIN_DIR/DATASET/EXPERIMENT)' % run_dir)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise UserError('%s is not valid JSON (%s)' % (path, e))
+    return hp
 
 
 def checkpoint_steps(run_dir):

@@ -1,26 +1,24 @@
 """Classify a folder of images with a trained checkpoint; report accuracy for class sub-folders."""
 
 import csv
-import json
 import os
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
 from libml import data, evaluation, folders, records
-from libml.train import checkpoint_path
+from libml.train import args_path, checkpoint_path, read_args
 from libml.utils import UserError, atomic_output
 
 
 def run_args(checkpoint):
     """The args.json of the run a checkpoint belongs to (RUN/tf/model.ckpt-N -> RUN/args/args.json)."""
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    path = os.path.join(run_dir, 'args', 'args.json')
-    if not os.path.isfile(path):
+    hp = read_args(run_dir)
+    if hp is None:
         raise UserError('%s has no %s, so the network cannot be rebuilt; keep checkpoints inside '
-                        'their run folder (RUN/tf/)' % (checkpoint, path))
-    with open(path) as f:
-        return run_dir, json.load(f)
+                        'their run folder (RUN/tf/)' % (checkpoint, args_path(run_dir)))
+    return run_dir, hp
 
 
 def collect_images(folder, class_names):

@@ -53,8 +53,7 @@ class Trainer(object):
         return evaluation.Evaluator(session, self.ops, eval_sets, tune_images, self.dataset.class_names)
 
     def _save_args(self):
-        write_text_atomic(os.path.join(self.run_dir, 'args', 'args.json'),
-                          json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
+        write_text_atomic(args_path(self.run_dir), json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
 
     def _start(self, session, load_checkpoint, reset_optimizer=False):
         """Resume from the newest checkpoint, else initialise (optionally from another run)."""
@@ -159,6 +158,23 @@ class Trainer(object):
         print('Checkpoint %s at %d images (%d kimg)' % (path, step, step >> 10))
         print(evaluation.format_table(report['table']))
         return report
+
+
+def args_path(run_dir):
+    """Where a run folder keeps every parameter of its run."""
+    return os.path.join(run_dir, 'args', 'args.json')
+
+
+def read_args(run_dir):
+    """The run's args.json as a dict, or None when the folder has none; UserError if unreadable."""
+    path = args_path(run_dir)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise UserError('%s is not valid JSON (%s)' % (path, e))
 
 
 def _remove_partial_saves(folder):
