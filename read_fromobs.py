@@ -6,7 +6,6 @@ Module:  copy_tree(src, dst) for either direction; sync_up(local_dir, remote_url
 
 import collections
 import functools
-import hashlib
 import http.client
 import os
 import re
@@ -18,7 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from libml.utils import UserError, atomic_output, cli_main
+from libml.utils import UserError, atomic_output, cli_main, file_md5
 
 FLAGS = flags.FLAGS
 OBS_SCHEME = 'obs://'
@@ -145,14 +144,6 @@ def _local_path(root, rel):
     return os.path.join(root, *rel.split('/'))
 
 
-def _file_md5(path):
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for block in iter(functools.partial(f.read, 1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def local_files(root):
     """{relative/path: Entry} for the files under `root`, leaving out temporary files of unfinished writes."""
     files = {}
@@ -162,7 +153,7 @@ def local_files(root):
             if TEMP_NAME.match(name) or not os.path.isfile(path):
                 continue
             rel = os.path.relpath(path, root).replace(os.sep, '/')
-            files[rel] = Entry(os.path.getsize(path), functools.partial(_file_md5, path))
+            files[rel] = Entry(os.path.getsize(path), functools.partial(file_md5, path))
     return files
 
 

@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 
 import read_fromobs
+from libml import folders, names
 from libml.utils import UserError, cli_main, write_text_atomic
 
 # `python run_sh.py` with no arguments runs these flags: RealMix (TSA + OOD masking) on scikit-learn's
@@ -36,11 +37,8 @@ MODELARTS_JOB_DIR = '/home/ma-user/modelarts/user-job-dir'
 MODELARTS_DATA_DIR, MODELARTS_TRAIN_DIR = '/cache/data', '/cache/experiments'
 LOCAL_DATA_DIR, LOCAL_TRAIN_DIR = './data', './experiments'
 OFFLINE_DATASETS = ('digits',)  # create_datasets.py builds these without a download
-# Same values as libml.npu_config.DEVICES / PRECISIONS (a test checks); that module imports TensorFlow.
-DEVICES, PRECISIONS = ('auto', 'cpu', 'gpu', 'npu'), ('fp32', 'mixed')
 # realmix.py flags that would turn training into something else; run_sh.py sets --eval_ckpt itself.
 RESERVED_FLAGS = ('eval_ckpt', 'perform_inference', 'inference_dir', 'inference_ckpt')
-DATASET_NAME = re.compile(r'^[A-Za-z0-9_\-]+$')
 # How a child script reports its own error (libml.utils.cli_main, absl's flag parser).
 CHILD_ERROR = re.compile(r'^(error: |FATAL Flags parsing error: )', re.M)
 
@@ -58,8 +56,8 @@ def define_flags():
     flags.DEFINE_integer('label_size', 250, 'Number of labeled training images.', lower_bound=1)
     flags.DEFINE_integer('valid_size', 500, 'Unlabeled images held out for validation.', lower_bound=0)
     flags.DEFINE_integer('epochs', 700, 'Epochs of --report_kimg to train.', lower_bound=1)
-    flags.DEFINE_enum('device', 'auto', DEVICES, 'Where to train (as realmix.py --device).')
-    flags.DEFINE_enum('precision', 'fp32', PRECISIONS, 'fp32 or mixed (as realmix.py --precision).')
+    flags.DEFINE_enum('device', 'auto', names.DEVICES, 'Where to train (as realmix.py --device).')
+    flags.DEFINE_enum('precision', 'fp32', names.PRECISIONS, 'fp32 or mixed (as realmix.py --precision).')
     flags.DEFINE_string('train_dir', '', 'Local folder for runs; empty: %s on ModelArts, else %s.'
                         % (MODELARTS_TRAIN_DIR, LOCAL_TRAIN_DIR))
     flags.DEFINE_float('sync_every_s', 5., 'How often to look for a new checkpoint to copy to --train_url.')
@@ -164,16 +162,12 @@ def stage_data(data_url, data_dir):
     read_fromobs.copy_tree(data_url, data_dir)
 
 
-def split_files(data_dir, name, seed, size):
-    stem = os.path.join(data_dir, 'SSL', '%s.%d@%d' % (name, seed, size))
-    return stem + '-label.tfrecord', stem + '-unlabel.tfrecord'
-
-
 def prepare_dataset(name, seed, size, data_dir, source, env):
     """Make sure the test set and the split exist: build offline sets, draw the split if missing."""
     def path(part):
         return os.path.join(data_dir, '%s-%s.tfrecord' % (name, part))
-    have_split = all(os.path.isfile(p) for p in split_files(data_dir, name, seed, size))
+    split = names.split_files(name, seed, size, data_dir)
+    have_split = all(os.path.isfile(split[part]) for part in ('label', 'unlabel'))
     needed = [path('test')] + ([] if have_split else [path('train')])
     missing = [p for p in needed if not os.path.isfile(p)]
     if missing and name in OFFLINE_DATASETS:
@@ -193,10 +187,7 @@ def prepare_dataset(name, seed, size, data_dir, source, env):
 
 def run_folders(dataset_dir):
     """The run folders (TRAIN_DIR/DATASET_ID/EXPERIMENT) under dataset_dir."""
-    if not os.path.isdir(dataset_dir):
-        return []
-    return [os.path.join(dataset_dir, d) for d in sorted(os.listdir(dataset_dir))
-            if os.path.isdir(os.path.join(dataset_dir, d))]
+    return [os.path.join(dataset_dir, d) for d in folders.sub_folders(dataset_dir)]
 
 
 def newest_run(dataset_dir):
@@ -287,7 +278,7 @@ def publish_result(run, train_url):
 # ---- the job ----
 
 def check_arguments(extra):
-    if not DATASET_NAME.match(FLAGS.dataset):
+    if not names.DATASET_NAME.match(FLAGS.dataset):
         raise UserError('--dataset=%s: use the bare name of the data files, e.g. cifar10 for '
                         'cifar10-train.tfrecord' % FLAGS.dataset)
     for arg in extra:
@@ -319,7 +310,7 @@ def main(argv):
     extra = argv[1:]
     check_arguments(extra)
     data_dir, train_dir = local_data_dir(), local_train_dir(FLAGS.train_dir)
-    dataset_id = '%s.%d@%d-%d' % (FLAGS.dataset, FLAGS.seed, FLAGS.label_size, FLAGS.valid_size)
+    dataset_id = names.dataset_id(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, FLAGS.valid_size)
     env = script_env(data_dir)
     stage_data(FLAGS.data_url, data_dir)
     prepare_dataset(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, data_dir,

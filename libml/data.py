@@ -1,17 +1,14 @@
-"""Dataset ids, split files under $ML_DATA, and the tf.data input pipelines of the trainer."""
+"""A dataset id resolved to its files, shape and classes; the tf.data input pipelines of the trainer."""
 
 import collections
-import json
 import os
-import re
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from libml import augment, records
+from libml import augment, names, records
 from libml.utils import UserError, ml_data_dir
 
-DATASET_ID = re.compile(r'^(?P<name>[A-Za-z0-9_\-]+)\.(?P<seed>\d+)@(?P<size>\d+)(-(?P<valid>\d+))?$')
 K_UNLABELED_VIEWS = 2
 
 
@@ -25,20 +22,6 @@ class SSLDataset(collections.namedtuple('SSLDataset', [
         return [self.height, self.width, self.colors]
 
 
-def parse_dataset_id(dataset_id):
-    """Split `{name}.{seed}@{size}-{valid}` into (name, seed, size, valid); valid defaults to 0."""
-    match = DATASET_ID.match(dataset_id or '')
-    if not match:
-        raise UserError('dataset id %r is not of the form NAME.SEED@SIZE-VALID, e.g. cifar10.1@250-500'
-                        % dataset_id)
-    valid = int(match.group('valid') or 0)
-    return match.group('name'), int(match.group('seed')), int(match.group('size')), valid
-
-
-def split_prefix(name, seed, size, root=None):
-    return os.path.join(root or ml_data_dir(), 'SSL', '%s.%d@%d' % (name, seed, size))
-
-
 def _require(path, how):
     if not os.path.isfile(path):
         raise UserError('missing %s; create it with: %s' % (path, how))
@@ -47,24 +30,25 @@ def _require(path, how):
 def resolve(dataset_id, root=None, nclass=0, image_size=0):
     """Find the split, test and class-mapping files of a dataset id and read shape and classes."""
     root = root or ml_data_dir()
-    name, seed, size, valid = parse_dataset_id(dataset_id)
-    prefix = split_prefix(name, seed, size, root)
-    test_file = os.path.join(root, '%s-test.tfrecord' % name)
+    name, seed, size, valid = names.parse_dataset_id(dataset_id)
+    split = names.split_files(name, seed, size, root)
+    test_file = names.dataset_path(name, 'test', root)
     split_cmd = ('python scripts/create_split.py --seed=%d --label_split_size=%d %s %s'
-                 % (seed, size, os.path.join(root, 'SSL', name), os.path.join(root, name + '-train.tfrecord')))
+                 % (seed, size, os.path.join(root, 'SSL', name), names.dataset_path(name, 'train', root)))
     _require(test_file, 'python scripts/create_datasets.py %s (or custom --name=%s ...)' % (name, name))
-    _require(prefix + '-label.tfrecord', split_cmd)
-    _require(prefix + '-unlabel.tfrecord', split_cmd)
-    height, width, colors = _first_image_shape(prefix + '-label.tfrecord')
+    _require(split['label'], split_cmd)
+    _require(split['unlabel'], split_cmd)
+    height, width, colors = _first_image_shape(split['label'])
     if image_size and image_size != height:
-        raise UserError('--img_size=%d but %s holds %dx%d images' % (image_size, prefix, height, width))
-    class_names = _class_names(root, name, [prefix + '-label.tfrecord', test_file])
+        raise UserError('--img_size=%d but %s holds %dx%d images' % (image_size, split['label'],
+                                                                     height, width))
+    class_names = _class_names(root, name, [split['label'], test_file])
     if nclass and nclass < len(class_names):
         raise UserError('--nclass=%d but the data has %d classes' % (nclass, len(class_names)))
     if nclass:
         class_names = class_names + [str(i) for i in range(len(class_names), nclass)]
-    return SSLDataset(dataset_id, name, seed, size, valid, prefix + '-label.tfrecord',
-                      prefix + '-unlabel.tfrecord', test_file, height, width, colors,
+    return SSLDataset(dataset_id, name, seed, size, valid, split['label'], split['unlabel'],
+                      test_file, height, width, colors,
                       len(class_names), class_names)
 
 
@@ -76,11 +60,9 @@ def _first_image_shape(path):
 
 def _class_names(root, name, label_files):
     """Class names from {name}_class_mappings.json, else '0'..'C-1' from the largest label seen."""
-    mapping = os.path.join(root, '%s_class_mappings.json' % name)
+    mapping = names.class_mappings_path(name, root)
     if os.path.isfile(mapping):
-        with open(mapping) as f:
-            names = json.load(f)
-        return [names[str(i)] for i in range(len(names))]
+        return records.read_class_mappings(mapping)
     top = max(label for path in label_files for _, _, label in records.read_records(path))
     return [str(i) for i in range(top + 1)]
 
@@ -94,8 +76,16 @@ def _parse(serialized, shape):
     return image, features['label']
 
 
-def _to_float(image):
-    return tf.cast(image, tf.float32) * (2. / 255) - 1
+def to_float(images):
+    """uint8 pixels -> float32 in the network's [-1, 1] range; numpy stays numpy, tensors tensors."""
+    if isinstance(images, np.ndarray):
+        return images.astype(np.float32) * (2. / 255) - 1
+    return tf.cast(images, tf.float32) * (2. / 255) - 1
+
+
+def to_uint8(images):
+    """The inverse of to_float for tensors: [-1, 1] floats -> rounded uint8 pixels."""
+    return tf.saturate_cast(tf.round((images + 1) * (255. / 2)), tf.uint8)
 
 
 def _decoded(path, shape, skip=0):
@@ -108,7 +98,7 @@ def labeled_pipeline(data, batch, augment_kind, shuffle_buffer=None):
     """Endless augmented labeled batches: dict(image=[B,H,W,C] float, label=[B] int64)."""
     augment_fn = augment.get(augment_kind)
     ds = _decoded(data.label_file, data.shape).shuffle(shuffle_buffer or data.size).repeat()
-    ds = ds.map(lambda image, label: dict(image=augment_fn(_to_float(image)), label=label),
+    ds = ds.map(lambda image, label: dict(image=augment_fn(to_float(image)), label=label),
                 num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return ds.batch(batch, drop_remainder=True).prefetch(4)
 
@@ -119,7 +109,7 @@ def unlabeled_pipeline(data, batch, augment_kind, shuffle_buffer=50000):
 
     def views(image, label):
         del label
-        image = _to_float(image)
+        image = to_float(image)
         return dict(image=tf.stack([augment_fn(image) for _ in range(K_UNLABELED_VIEWS)]))
 
     ds = _decoded(data.unlabel_file, data.shape, skip=data.valid).shuffle(shuffle_buffer).repeat()
@@ -157,11 +147,6 @@ def _take_valid(data):
     if not images:
         return np.zeros([0] + data.shape, np.uint8), np.zeros([0], np.int64)
     return np.stack(images), np.array(labels, np.int64)
-
-
-def to_float(images):
-    """uint8 images to the network's [-1, 1] float range (numpy)."""
-    return images.astype(np.float32) * (2. / 255) - 1
 
 
 def channel_mean_std(data):

@@ -11,7 +11,6 @@ from sklearn import metrics
 from libml import data, layers
 from libml.utils import write_text_atomic
 
-ROWS = ('raw', 'ema', 'tuned_raw', 'tuned_ema')
 SUBSETS = ('labeled', 'valid', 'test')
 
 
@@ -28,13 +27,13 @@ def ema_getter(ema):
     return custom_getter
 
 
-def evaluation_towers(classify, images_shape, ema):
+def evaluation_towers(classify, images, ema):
     """Inference towers (raw and EMA weights) and training-mode towers exposing batch moments.
 
-    `ema` is the training graph's ExponentialMovingAverage, or a decay for an evaluation-only graph
-    (its shadow variables then get the names a training checkpoint holds).
+    `images` are float images in [-1, 1] (a placeholder the Evaluator feeds). `ema` is the training
+    graph's ExponentialMovingAverage, or a decay for an evaluation-only graph (its shadow
+    variables then get the names a training checkpoint holds).
     """
-    images = tf.placeholder(tf.float32, images_shape, 'eval_images')
     ops = dict(eval_images=images, probs_raw=tf.nn.softmax(classify(images, training=False)))
     if not isinstance(ema, tf.train.ExponentialMovingAverage):
         ema = tf.train.ExponentialMovingAverage(decay=ema)
@@ -154,7 +153,7 @@ def class_metrics(probs, labels, class_names):
 
 
 def format_table(table):
-    """The result table of DESIGN.md section 4."""
+    """The result table of docs/design.md section 4."""
     lines = ['%16s %8s %8s %8s' % ('', 'labeled', 'valid', 'test')]
     for row, values in table.items():
         cells = ['%.2f' % values[s] if not np.isnan(values[s]) else '-' for s in SUBSETS]

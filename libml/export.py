@@ -1,10 +1,10 @@
 """Export a run's EMA classifier for deployment: a frozen GraphDef (Ascend ATC, TF C API) and a
 SavedModel (TensorFlow Serving), with export.json describing both.
 
-The network is rebuilt from the run's args/args.json as `realmix.build_graph` builds its EMA
-evaluation tower (`evaluation.evaluation_towers`): inference-mode batch norm with the raw moving
-statistics, trainable weights replaced by their moving averages through `evaluation.ema_getter`.
-The exported graphs take uint8 images and scale them to [-1, 1] themselves.
+The network is rebuilt from the run's args/args.json by `graph.build_graph`, and its EMA
+evaluation tower is exported: inference-mode batch norm with the raw moving statistics, trainable
+weights replaced by their moving averages. The exported graphs take uint8 images and scale them
+to [-1, 1] themselves.
 """
 
 import contextlib
@@ -16,7 +16,8 @@ import shutil
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from libml import evaluation, graph_audit, models
+from libml import data, graph_audit
+from libml.graph import build_graph
 from libml.train import CheckedRestore, checkpoint_path, read_args
 from libml.utils import UserError, write_text_atomic
 
@@ -88,18 +89,12 @@ def image_shape(hp):
 def build_inference_graph(hp, batch):
     """The EMA classifier on uint8 NHWC images, in the default graph.
 
-    Returns (images, probabilities, classes); `batch` None gives a dynamic batch. The classifier
-    is made as in `realmix.build_graph`; a raw-weight tower comes first because it creates the
-    variables the moving averages shadow, as in `evaluation.evaluation_towers` (freezing drops it).
+    Returns (images, probabilities, classes); `batch` None gives a dynamic batch. Freezing keeps
+    only what the outputs need, so the raw-weight and statistics towers drop out.
     """
-    classify = models.classifier_from_hp(hp)
     images = tf.placeholder(tf.uint8, [batch] + image_shape(hp), INPUT)
-    scaled = tf.cast(images, tf.float32) * (2. / 255) - 1  # as data.to_float
-    classify(scaled, training=False)
-    ema = tf.train.ExponentialMovingAverage(decay=hp['ema'])
-    ema.apply(tf.trainable_variables('classify'))
-    logits = classify(scaled, training=False, getter=evaluation.ema_getter(ema))
-    probabilities = tf.nn.softmax(logits, name=PROBABILITIES)
+    ops = build_graph(hp, image_shape(hp), int(hp['nclass']), eval_images=data.to_float(images))
+    probabilities = tf.identity(ops['probs_ema'], name=PROBABILITIES)
     classes = tf.argmax(probabilities, axis=1, output_type=CLASSES_DTYPE, name=CLASSES)
     return images, probabilities, classes
 

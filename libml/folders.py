@@ -17,12 +17,19 @@ def image_files(folder):
     return found
 
 
+def sub_folders(folder):
+    """Sorted names of the (non-hidden) sub-folders of `folder`; [] when it is not a folder."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(d for d in os.listdir(folder)
+                  if not d.startswith('.') and os.path.isdir(os.path.join(folder, d)))
+
+
 def class_folders(folder, flag):
     """Sorted names of the class sub-folders of `folder`."""
     if not folder or not os.path.isdir(folder):
         raise UserError('--%s %s: no such folder' % (flag, folder))
-    names = sorted(d for d in os.listdir(folder)
-                   if not d.startswith('.') and os.path.isdir(os.path.join(folder, d)))
+    names = sub_folders(folder)
     if not names:
         raise UserError('--%s %s: no class sub-folders (expected one folder of images per '
                         'class)' % (flag, folder))

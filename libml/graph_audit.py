@@ -43,13 +43,6 @@ def audit_train_graph(graph, train_op, expect_loss_scale=False, max_shape_report
     return problems
 
 
-def assert_clean(graph, train_op, expect_loss_scale=False):
-    """Raise AssertionError listing every problem `audit_train_graph` finds."""
-    problems = audit_train_graph(graph, train_op, expect_loss_scale)
-    if problems:
-        raise AssertionError('training graph is not NPU-ready:\n  ' + '\n  '.join(problems))
-
-
 def step_cone(graph, train_op):
     """The ops `train_op` depends on through data and control inputs, in graph order.
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from libml import data, evaluation, folders, records
+from libml import data, evaluation, folders, graph, records
 from libml.train import args_path, checkpoint_path, read_args
 from libml.utils import UserError, atomic_output
 
@@ -25,8 +25,7 @@ def collect_images(folder, class_names):
     """(files, labels or None): class sub-folders named after the classes, else the images inside."""
     if not folder or not os.path.isdir(folder):
         raise UserError('--inference_dir %s: no such folder' % folder)
-    subfolders = sorted(d for d in os.listdir(folder)
-                        if not d.startswith('.') and os.path.isdir(os.path.join(folder, d)))
+    subfolders = folders.sub_folders(folder)
     if subfolders:
         unknown = [d for d in subfolders if d not in class_names]
         if unknown:
@@ -54,7 +53,7 @@ def load_images(files, shape):
     return np.stack(images)
 
 
-def run_inference(inference_dir, checkpoint, device, build_graph):
+def run_inference(inference_dir, checkpoint, device):
     """Write {name}_pred.npy (probabilities) and {name}_pred.csv into RUN/inference/."""
     checkpoint = checkpoint_path(checkpoint)
     run_dir, hp = run_args(checkpoint)
@@ -62,7 +61,7 @@ def run_inference(inference_dir, checkpoint, device, build_graph):
     files, labels = collect_images(inference_dir, hp['class_names'])
     images = load_images(files, shape)
     with tf.Graph().as_default():
-        ops = build_graph(hp, shape, hp['nclass'], device)
+        ops = graph.build_graph(hp, shape, hp['nclass'], device)
         saver = tf.train.Saver()
         with tf.Session(config=device.session_config()) as session:
             saver.restore(session, checkpoint)

@@ -10,10 +10,8 @@ import importlib
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
+from libml.names import DEVICES, PRECISIONS
 from libml.utils import UserError
-
-DEVICES = ('auto', 'cpu', 'gpu', 'npu')
-PRECISIONS = ('fp32', 'mixed')
 
 NPU_MISSING = ('--device=npu needs the Ascend TensorFlow 1.15 image with CANN (npu_bridge), '
                'or use --device=cpu/gpu')
@@ -140,11 +138,6 @@ class Device(object):
     def mixed(self):
         """True when mixed precision really runs."""
         return self.effective_precision == 'mixed'
-
-    @property
-    def static_shapes(self):
-        """True when every tensor of the step needs a static shape (fixed batch, drop_remainder)."""
-        return self.name == 'npu'
 
     @property
     def loss_scaling(self):

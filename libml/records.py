@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 import tensorflow.compat.v1 as tf
 
-from libml.utils import UserError, atomic_output, ml_data_dir
+from libml import names
+from libml.utils import UserError, atomic_output
 
 UNLABELED = -1
-PARTS = ('train', 'test', 'extra', 'label', 'unlabel')
 
 # PIL modes we accept: grayscale ones become L, colour ones RGB (alpha dropped, palettes expanded).
 _GRAY_MODES = ('1', 'L', 'LA')
@@ -150,44 +150,13 @@ def write_arrays(path, images, labels):
                                 for image, label in zip(images, labels)))
 
 
-def dataset_path(name, part, root=None):
-    """$ML_DATA/{name}-{part}.tfrecord (name may hold a folder, e.g. 'SSL/cifar10.1@250')."""
-    return os.path.join(root or ml_data_dir(), '%s-%s.tfrecord' % (name, part))
-
-
-def split_map_path(name, root=None):
-    """$ML_DATA/{name}-map.json of a split name like 'SSL/cifar10.1@250'."""
-    return os.path.join(root or ml_data_dir(), name + '-map.json')
-
-
-def base_name(name):
-    """The dataset behind a name: 'SSL/cifar10.1@250' -> 'cifar10', 'cifar10' -> 'cifar10'."""
-    name = os.path.basename(name)
-    return name.split('.')[0] if '@' in name else name
-
-
-def class_mappings_path(name, root=None):
-    """$ML_DATA/{dataset}_class_mappings.json for a dataset or split name."""
-    return os.path.join(root or ml_data_dir(), '%s_class_mappings.json' % base_name(name))
-
-
-def record_file_dataset(path):
-    """(folder, dataset name) of a file named like {name}-{part}.tfrecord, else (folder, None)."""
-    folder, filename = os.path.split(path)
-    stem = filename[:-len('.tfrecord')] if filename.endswith('.tfrecord') else None
-    for part in PARTS:
-        if stem and stem.endswith('-' + part):
-            return folder, stem[:-len(part) - 1]
-    return folder, None
-
-
 def mappings_beside(path):
     """Class names from the {name}_class_mappings.json that belongs to a record file, or None."""
-    folder, name = record_file_dataset(path)
+    folder, name = names.record_file_dataset(path)
     if name is None:
         return None
     for root in (folder, os.path.dirname(folder)):  # SSL/ split files: mappings one level up
-        candidate = class_mappings_path(name, root)
+        candidate = names.class_mappings_path(name, root)
         if os.path.isfile(candidate):
             return read_class_mappings(candidate)
     return None
@@ -204,14 +173,14 @@ def read_class_mappings(path):
     return names
 
 
-def write_class_mappings(path, names):
+def write_class_mappings(path, class_names):
     """Write {"0": names[0], ...} atomically."""
     with atomic_output(path) as tmp:
-        write_class_mappings_to(tmp, names)
+        write_class_mappings_to(tmp, class_names)
 
 
-def write_class_mappings_to(path, names):
+def write_class_mappings_to(path, class_names):
     """Write {"0": names[0], ...} to `path` directly (for use inside atomic_outputs)."""
     with open(path, 'w') as f:
-        json.dump(dict((str(i), name) for i, name in enumerate(names)), f, indent=1)
+        json.dump(dict((str(i), name) for i, name in enumerate(class_names)), f, indent=1)
         f.write('\n')

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from libml import data, evaluation
+from libml import data, evaluation, graph
 from libml.utils import UserError, write_text_atomic
 
 SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 per epoch
@@ -18,7 +18,7 @@ SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 pe
 class Trainer(object):
     """Owns one run folder: TRAIN_DIR/DATASET/EXPERIMENT/{tf,args}/, result.txt, stats.json."""
 
-    def __init__(self, run_dir, hp, dataset, device, build_graph, seed=0):
+    def __init__(self, run_dir, hp, dataset, device, method, seed=0):
         self.run_dir = run_dir
         self.hp = hp
         self.dataset = dataset
@@ -29,9 +29,10 @@ class Trainer(object):
                 tf.set_random_seed(seed)
             labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
             unlabeled = None
-            if hp['method'] != 'supervised':
+            if method.NEEDS_UNLABELED:
                 unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
-            self.ops = build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=(labeled, unlabeled))
+            self.ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method,
+                                         pipelines=(labeled, unlabeled))
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
             self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'], save_relative_paths=True)
             self.init_op = tf.global_variables_initializer()

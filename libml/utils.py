@@ -2,6 +2,7 @@
 
 import atexit
 import contextlib
+import hashlib
 import math
 import functools
 import os
@@ -31,6 +32,15 @@ def atomic_output(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def file_md5(path):
+    """Hex MD5 of a file, read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, 'rb') as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path, text):

@@ -9,7 +9,6 @@ timed --repeats times for --steps steps after --warmup steps; the medians are pr
 """
 
 import collections
-import json
 import os
 import re
 import sys
@@ -23,10 +22,13 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from absl import app, flags
 
-import realmix
-from libml import data, npu_config, records
+import methods
+from libml import data, hparams, names, npu_config, records
+from libml.graph import build_graph
 from libml.utils import atomic_output, cli_main, quiet_native_logs
 
+hparams.define_flags(flags, hparams.COMMON_FLAGS + methods.all_flags())
+flags.DEFINE_enum('method', 'realmix', methods.names(), 'The method whose train step is timed.')
 flags.DEFINE_string('modes', 'pipeline,constant', 'pipeline (tf.data input, EMA, weight decay) and/or '
                     'constant (the same train op fed with constant in-graph tensors).')
 flags.DEFINE_string('precisions', 'fp32', 'Comma-separated precisions to time.')
@@ -48,24 +50,25 @@ def synthetic_dataset(root, count=2048, size=32, nclass=10):
         labels = np.arange(n) % nclass
         records.write_records(path, (records.make_example(records.encode_png(i), int(l))
                                      for i, l in zip(images, labels)))
-    write(os.path.join(root, 'synthetic-test.tfrecord'), 256)
-    write(os.path.join(root, 'SSL', 'synthetic.1@256-label.tfrecord'), 256)
-    write(os.path.join(root, 'SSL', 'synthetic.1@256-unlabel.tfrecord'), count)
-    return 'synthetic.1@256-0'
+    split = names.split_files('synthetic', 1, 256, root)
+    write(names.dataset_path('synthetic', 'test', root), 256)
+    write(split['label'], 256)
+    write(split['unlabel'], count)
+    return names.dataset_id('synthetic', 1, 256, 0)
 
 
 def constant_inputs(labeled, unlabeled):
-    """One real batch of each pipeline, frozen into in-graph constants."""
+    """One real batch of each pipeline (None stays None), frozen into in-graph constants."""
     with tf.Session() as session:
-        values = session.run([labeled, unlabeled])
-    return ({k: tf.constant(v) for k, v in values[0].items()},
-            {k: tf.constant(v) for k, v in values[1].items()})
+        values = session.run([labeled, unlabeled or {}])
+    frozen = [{k: tf.constant(v) for k, v in value.items()} for value in values]
+    return frozen[0], frozen[1] if unlabeled is not None else None
 
 
 class Setting(object):
     """One precision and input mode: its own graph and session, ready to time train steps."""
 
-    def __init__(self, dataset, hp, precision, mode):
+    def __init__(self, dataset, hp, method, precision, mode):
         self.name = '%-8s %-9s' % (precision, mode)
         self.batch = hp['batch']
         device = npu_config.setup(FLAGS.device, precision, log=lambda *a: None)
@@ -73,11 +76,13 @@ class Setting(object):
         graph = tf.Graph()
         with graph.as_default():
             labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
-            unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
+            unlabeled = None
+            if method.NEEDS_UNLABELED:
+                unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
             if mode == 'constant':
                 labeled, unlabeled = constant_inputs(labeled, unlabeled)
-            self.train_op = realmix.build_graph(hp, dataset.shape, dataset.nclass, device,
-                                                pipelines=(labeled, unlabeled))['train_op']
+            self.train_op = build_graph(hp, dataset.shape, dataset.nclass, device, method,
+                                        pipelines=(labeled, unlabeled))['train_op']
             init = tf.global_variables_initializer()
         self.session = tf.Session(graph=graph, config=device.session_config())
         self.session.run(init)
@@ -145,11 +150,13 @@ def main(argv):
         os.environ['ML_DATA'] = tempfile.mkdtemp(prefix='realmix-bench-')
         dataset_id = synthetic_dataset(os.environ['ML_DATA'])
     dataset = data.resolve(dataset_id)
-    hp = realmix.hyper_parameters(FLAGS, dataset)
+    specs = methods.flag_specs(FLAGS.method)
+    hp = hparams.from_flags(FLAGS, FLAGS.method, specs, dataset)
+    method = methods.get(FLAGS.method)
     print('%s, arch=%s filters=%d repeat=%d scales=%d batch=%d, %d CPU cores'
           % (dataset_id, hp['arch'], hp['filters'], hp['repeat'], hp['scales'], hp['batch'],
              os.cpu_count()))
-    settings = [Setting(dataset, hp, precision, mode) for precision in FLAGS.precisions.split(',')
+    settings = [Setting(dataset, hp, method, precision, mode) for precision in FLAGS.precisions.split(',')
                 for mode in FLAGS.modes.split(',')]
     for _ in range(FLAGS.repeats):  # Round-robin, so a change in machine load hits every setting.
         for setting in settings:

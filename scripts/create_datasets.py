@@ -7,7 +7,6 @@ digits (scikit-learn's bundled 8x8 digits, offline) and custom (image folders, o
 
 import collections
 import contextlib
-import hashlib
 import importlib
 import multiprocessing
 import os
@@ -28,8 +27,8 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 import tqdm  # noqa: E402
 
-from libml import folders, records  # noqa: E402
-from libml.utils import UserError, cli_main, ml_data_dir  # noqa: E402
+from libml import folders, names, records  # noqa: E402
+from libml.utils import UserError, cli_main, file_md5, ml_data_dir  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -135,8 +134,8 @@ def _examples(part, encoded, nclass, check_shape):
 
 def write_dataset(name, class_names, parts, workers=1):
     """Write every part and the class mappings together: all files appear, or none."""
-    paths = [records.dataset_path(name, part.suffix) for part in parts]
-    mappings = records.class_mappings_path(name)
+    paths = [names.dataset_path(name, part.suffix) for part in parts]
+    mappings = names.class_mappings_path(name)
     check_shape = _ShapeCheck()
     counts = []
     with records.atomic_outputs(paths + [mappings]) as tmps, _mapper(workers) as imap:
@@ -159,15 +158,6 @@ def _array_part(suffix, images, labels):
 
 
 # ---------------------------------------------------------------- archives
-
-
-def file_md5(path):
-    """Hex MD5 of a file."""
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_md5(path, expected):

@@ -17,7 +17,7 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-from libml import records  # noqa: E402
+from libml import names, records  # noqa: E402
 from libml.utils import UserError, cli_main  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -32,9 +32,8 @@ def define_flags():
 
 def split_paths(target, seed, size):
     """Output files of a split: label, unlabel (TFRecord) and map (JSON)."""
-    stem = '%s.%d@%d' % (target, seed, size)
-    return {'label': stem + '-label.tfrecord', 'unlabel': stem + '-unlabel.tfrecord',
-            'map': stem + '-map.json'}
+    folder, name = os.path.split(target)
+    return names.split_stem_files(os.path.join(folder, names.split_name(name, seed, size)))
 
 
 class InputRecords(object):

@@ -31,7 +31,7 @@ import create_datasets  # noqa: E402  (sibling scripts, for --prepare and the cu
 import create_split  # noqa: E402
 import filter_dataset  # noqa: E402
 import plot_curves  # noqa: E402
-from libml import data, records  # noqa: E402
+from libml import data, names, records  # noqa: E402
 from libml.utils import UserError, cli_main, ml_data_dir, write_text_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ SHORT_SCHEDULE_FLAGS = ['--ema=0.99', '--bn_momentum=0.99']
 
 
 def cifar6_mismatch(name, unlabeled_classes):
-    """CIFAR-6 protocol (DESIGN.md section 3): 400 labels in each animal class 2-7, unlabeled
+    """CIFAR-6 protocol (docs/design.md section 3): 400 labels in each animal class 2-7, unlabeled
     images from four classes; no validation set, since at 100% mismatch none has a label."""
     return dict(dataset='%s.1@2400-0' % name, arms=['supervised', 'mixmatch', 'realmix'],
                 train_kimg=128, report_kimg=8,
@@ -131,7 +131,7 @@ class Study(collections.namedtuple('Study', 'name folder dataset arms train_kimg
 
     @property
     def labels(self):
-        return data.parse_dataset_id(self.dataset)[2]
+        return names.parse_dataset_id(self.dataset)[2]
 
     def budget_flags(self):
         epochs = -(-self.train_kimg // self.report_kimg)  # never cut the budget short
@@ -238,7 +238,7 @@ def resolve_study(name=None, studies=None, study_dir=None, dataset=None, arms=No
         raise UserError('give --study=NAME, or for an ad-hoc study --study_dir, --dataset, --arms '
                         'and --train_kimg')
     dataset = dataset or spec.get('dataset')
-    data.parse_dataset_id(dataset)
+    names.parse_dataset_id(dataset)
     common = list(spec.get('flags', []))
     check_flag_list(common, 'study flags', BUDGET_FLAGS + ('method',))
     chosen = _arm_flags(spec, arms, arm_flags)
@@ -275,7 +275,7 @@ def shell_line(command):
 # in this process (no TensorFlow start-up per step); `log` gets the equivalent command lines.
 
 def split_exists(split):
-    return os.path.isfile(records.dataset_path('SSL/' + split, 'label'))
+    return os.path.isfile(names.dataset_path('SSL/' + split, 'label'))
 
 
 def announce(log, what, script, args):
@@ -307,16 +307,16 @@ def prepare_data(dataset_id, recipe, images, log):
     `recipe` = {source, split_size[, class_filter, unlabel_filter]}; the split is drawn with the
     dataset id's seed; a class filter makes the id's split from it (CIFAR-6 mismatch protocol).
     """
-    name, seed, size, _ = data.parse_dataset_id(dataset_id)
-    source_split = '%s.%d@%d' % (recipe['source'], seed, recipe['split_size'])
-    target_split = '%s.%d@%d' % (name, seed, size)
+    name, seed, size, _ = names.parse_dataset_id(dataset_id)
+    source_split = names.split_name(recipe['source'], seed, recipe['split_size'])
+    target_split = names.split_name(name, seed, size)
     filtered = 'class_filter' in recipe
     if not filtered and target_split != source_split:
         raise UserError('study recipe: dataset %s is not the split %s of %s'
                         % (dataset_id, source_split, recipe['source']))
     if split_exists(target_split):
         return
-    source_files = [records.dataset_path(recipe['source'], part) for part in ('train', 'test')]
+    source_files = [names.dataset_path(recipe['source'], part) for part in ('train', 'test')]
     if not all(os.path.isfile(p) for p in source_files):
         build_from_images(recipe['source'], images, log)
     if not split_exists(source_split):
@@ -338,7 +338,7 @@ def prepare_data(dataset_id, recipe, images, log):
 
 def check_label_count(split, size):
     """The results table reports the id's SIZE as the label count: make sure it is true."""
-    path = records.dataset_path('SSL/' + split, 'label')
+    path = names.dataset_path('SSL/' + split, 'label')
     count = sum(1 for _ in records.read_serialized(path))
     if count != size:
         raise UserError('%s holds %d labeled images, not the %d its name states; fix the study\'s '

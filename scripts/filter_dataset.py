@@ -18,7 +18,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-from libml import records  # noqa: E402
+from libml import names, records  # noqa: E402
 from libml.utils import UserError, cli_main, ml_data_dir  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -84,15 +84,15 @@ def filter_records(path, relabel, known_first):
 
 def plan(source, target):
     """[(part, input path, output path)] of the files to filter."""
-    pairs = [(part, records.dataset_path(source, part), records.dataset_path(target, part))
-             for part in records.PARTS]
+    pairs = [(part, names.dataset_path(source, part), names.dataset_path(target, part))
+             for part in names.PARTS]
     if '@' in os.path.basename(source):  # a split: the test set lives with its dataset
-        pairs.append(('test', records.dataset_path(records.base_name(source), 'test'),
-                      records.dataset_path(records.base_name(target), 'test')))
+        pairs.append(('test', names.dataset_path(names.base_name(source), 'test'),
+                      names.dataset_path(names.base_name(target), 'test')))
     pairs = [p for p in pairs if os.path.isfile(p[1])]
     if not pairs:
         raise UserError('--filter_dataset=%s: no %s-{%s}.tfrecord files in %s'
-                        % (source, source, ','.join(records.PARTS), ml_data_dir()))
+                        % (source, source, ','.join(names.PARTS), ml_data_dir()))
     return pairs
 
 
@@ -104,12 +104,12 @@ def filter_dataset(source, target, class_filter, unlabel_filter=None, remap=Fals
     if ('@' in os.path.basename(source)) != ('@' in os.path.basename(target)):
         raise UserError('--filter_dataset=%s --save_name=%s: filter a split into a split '
                         '(NAME.SEED@SIZE) or a dataset into a dataset' % (source, target))
-    if records.base_name(source) == records.base_name(target):
+    if names.base_name(source) == names.base_name(target):
         raise UserError('--save_name=%s: choose a new dataset name' % target)
-    mappings = records.class_mappings_path(source)
-    names = records.read_class_mappings(mappings) if os.path.isfile(mappings) else None
-    classes = parse_classes(class_filter, 'class_filter', names and len(names))
-    unlabel_classes = (parse_classes(unlabel_filter, 'unlabel_filter', names and len(names))
+    mappings = names.class_mappings_path(source)
+    class_names = records.read_class_mappings(mappings) if os.path.isfile(mappings) else None
+    classes = parse_classes(class_filter, 'class_filter', class_names and len(class_names))
+    unlabel_classes = (parse_classes(unlabel_filter, 'unlabel_filter', class_names and len(class_names))
                        if unlabel_filter else classes)
     contents = []
     for part, path, out in plan(source, target):
@@ -117,19 +117,19 @@ def filter_dataset(source, target, class_filter, unlabel_filter=None, remap=Fals
         kept = filter_records(path, relabeler(keep, classes, remap), part in UNLABELED_PARTS)
         contents.append((part, out, kept))
     others = {}
-    if names or remap:
-        others[records.class_mappings_path(target)] = (
-            [names[c] if names else str(c) for c in classes] if remap else names)
+    if class_names or remap:
+        others[names.class_mappings_path(target)] = (
+            [class_names[c] if class_names else str(c) for c in classes] if remap else class_names)
     split_map = _split_map(source, contents)
     if split_map is not None:
-        others[records.split_map_path(target)] = split_map
+        others[names.split_map_path(target)] = split_map
     _write(contents, others)
     return [(out, [label for _, _, label in kept]) for _, out, kept in contents], list(others)
 
 
 def _split_map(source, contents):
     """The source split's map.json restricted to the kept records, or None when it has none."""
-    path = records.split_map_path(source)
+    path = names.split_map_path(source)
     if not os.path.isfile(path):
         return None
     with open(path) as f:

@@ -6,7 +6,6 @@ Usage: make_aug_copy.py --aug_dataset=cifar10.1@250 --aug_copy=50 --augment=cuto
 
 import json
 import os
-import re
 import shutil
 import sys
 
@@ -19,11 +18,10 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
-from libml import augment, records  # noqa: E402
+from libml import augment, data, names, records  # noqa: E402
 from libml.utils import UserError, cli_main  # noqa: E402
 
 FLAGS = flags.FLAGS
-SPLIT_NAME = re.compile(r'^([^./@-]+)\.(\d+)@(\d+)$')
 
 
 def define_flags():
@@ -34,16 +32,6 @@ def define_flags():
     flags.DEFINE_integer('batch', 256, 'Images per batch through the augmentation graph.')
     flags.DEFINE_integer('seed', 1, 'Seed of the shuffle of the copies (the reference shuffles '
                          'them with seed 1).')
-
-
-def to_float(image):
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return tf.cast(image, tf.float32) * (2 / 255.) - 1
-
-
-def to_uint8(image):
-    """float32 in [-1, 1] -> rounded uint8 pixels."""
-    return tf.saturate_cast(tf.round((image + 1) * 127.5), tf.uint8)
 
 
 def copy_order(count, copies, seed):
@@ -59,7 +47,7 @@ def augmented_pngs(images, kind, order, batch=256):
         indices = tf.placeholder(tf.int64, [len(order)])
         dataset = tf.data.Dataset.from_tensor_slices(indices)
         dataset = dataset.map(
-            lambda i: tf.image.encode_png(to_uint8(function(to_float(tf.gather(source, i))))),
+            lambda i: tf.image.encode_png(data.to_uint8(function(data.to_float(tf.gather(source, i))))),
             num_parallel_calls=tf.data.experimental.AUTOTUNE)
         iterator = dataset.batch(batch).prefetch(2).make_initializable_iterator()
         pngs = iterator.get_next()
@@ -75,17 +63,17 @@ def augmented_pngs(images, kind, order, batch=256):
 
 def paths(name, seed, size, suffix=''):
     """Files of split NAME{suffix}.SEED@SIZE and of its dataset's test set and class mappings."""
-    split = 'SSL/%s%s.%d@%d' % (name, suffix, seed, size)
-    return {'unlabel': records.dataset_path(split, 'unlabel'),
-            'label': records.dataset_path(split, 'label'),
-            'map': records.split_map_path(split),
-            'test': records.dataset_path(name + suffix, 'test'),
-            'classes': records.class_mappings_path(name + suffix)}
+    split = 'SSL/' + names.split_name(name + suffix, seed, size)
+    return {'unlabel': names.dataset_path(split, 'unlabel'),
+            'label': names.dataset_path(split, 'label'),
+            'map': names.split_map_path(split),
+            'test': names.dataset_path(name + suffix, 'test'),
+            'classes': names.class_mappings_path(name + suffix)}
 
 
 def make_aug_copy(split_name, copies, kind, batch=256, seed=1):
     """Write NAME_augN.SEED@SIZE, all files or none; return {kind: path written}, image count."""
-    match = SPLIT_NAME.match(split_name or '')
+    match = names.SPLIT_NAME.match(split_name or '')
     if not match:
         raise UserError('--aug_dataset=%s: give a split as NAME.SEED@SIZE, e.g. cifar10.1@250'
                         % split_name)
@@ -131,8 +119,7 @@ def main(argv):
                                FLAGS.seed)
     print('wrote %s: %d augmented images (%s x %d)' % (dst.pop('unlabel'), count, FLAGS.augment,
                                                         FLAGS.aug_copy))
-    for path in dst.values():
-        print('wrote %s' % path)
+    print('\n'.join('wrote %s' % path for path in dst.values()))
 
 
 if __name__ == '__main__':

@@ -1,12 +1,13 @@
-"""Test setup: the repository root on sys.path, quiet logs, the fake npu_bridge fixture."""
+"""Test setup: the repository root on sys.path, quiet logs; fixtures and checks every test file
+shares (the fake npu_bridge, an empty $ML_DATA, the one-line-error contract)."""
 import importlib
 import os
+import subprocess
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -21,6 +22,34 @@ def forget_npu_bridge():
     for name in list(sys.modules):
         if name.split('.')[0] in FAKE_NPU_MODULES:
             del sys.modules[name]
+
+
+@pytest.fixture
+def ml_data(tmp_path, monkeypatch):
+    """An empty $ML_DATA folder for one test."""
+    path = str(tmp_path / 'data')
+    os.makedirs(path)
+    monkeypatch.setenv('ML_DATA', path)
+    return path
+
+
+def run_script(script, args, ml_data):
+    """Run scripts/SCRIPT with `args` on $ML_DATA = ml_data; the finished process, text output."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', script)] + list(args),
+                          env=dict(os.environ, ML_DATA=ml_data), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def assert_one_line_error(returncode, output, *words):
+    """The contract for bad input: exit status 1, one `error:` line (absl's flag parser: one `FATAL
+    Flags parsing error:` line) holding every one of `words`, no traceback. Returns the line."""
+    errors = [line for line in output.splitlines()
+              if line.startswith(('error: ', 'FATAL Flags parsing error: '))]
+    assert returncode == 1, (returncode, output)
+    assert len(errors) == 1 and 'Traceback' not in output, output
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.fixture

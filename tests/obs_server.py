@@ -49,9 +49,6 @@ class ObsServer(object):
     def make_bucket(self, bucket):
         self._ok(self.client().createBucket(bucket), 'create ' + bucket)
 
-    def put_bytes(self, bucket, key, data):
-        self._ok(self.client().putContent(bucket, key, data), 'put ' + key)
-
     def put_tree(self, local_dir, bucket, prefix):
         """Upload every file under `local_dir` to obs://bucket/prefix/..."""
         client = self.client()

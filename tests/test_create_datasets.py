@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from libml import records
+from libml import names, records, utils
 from libml.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import create_datasets  # noqa: E402
-
-
-@pytest.fixture
-def ml_data(tmp_path, monkeypatch):
-    path = str(tmp_path / 'data')
-    monkeypatch.setenv('ML_DATA', path)
-    return path
 
 
 def _written(ml_data):
@@ -64,22 +57,22 @@ def _cifar_archive(path, name, per_file=2, replace=None):
 
 def test_cifar10_archive_in_real_format(tmp_path, ml_data):
     archive, train, test = _cifar_archive(str(tmp_path / 'c10.tar.gz'), 'cifar10')
-    create_datasets.build_cifar('cifar10', archive, create_datasets.file_md5(archive))
+    create_datasets.build_cifar('cifar10', archive, utils.file_md5(archive))
     for part, (images, labels) in (('train', train), ('test', test)):
-        loaded, loaded_labels = records.load_arrays(records.dataset_path('cifar10', part))
+        loaded, loaded_labels = records.load_arrays(names.dataset_path('cifar10', part))
         np.testing.assert_array_equal(loaded, images)
         assert loaded_labels.tolist() == labels.tolist()
-    names = records.read_class_mappings(records.class_mappings_path('cifar10'))
-    assert names[:2] == ['class0', 'class1'] and len(names) == 10
+    class_names = records.read_class_mappings(names.class_mappings_path('cifar10'))
+    assert class_names[:2] == ['class0', 'class1'] and len(class_names) == 10
     assert not [f for f in _written(ml_data) if f.startswith('.')]  # temp folder removed
 
 
 def test_cifar100_uses_fine_labels(tmp_path, ml_data):
     archive, train, _ = _cifar_archive(str(tmp_path / 'c100.tar.gz'), 'cifar100')
-    create_datasets.build_cifar('cifar100', archive, create_datasets.file_md5(archive))
-    _, labels = records.load_arrays(records.dataset_path('cifar100', 'train'))
+    create_datasets.build_cifar('cifar100', archive, utils.file_md5(archive))
+    _, labels = records.load_arrays(names.dataset_path('cifar100', 'train'))
     assert labels.tolist() == train[1].tolist()
-    assert len(records.read_class_mappings(records.class_mappings_path('cifar100'))) == 100
+    assert len(records.read_class_mappings(names.class_mappings_path('cifar100'))) == 100
 
 
 def test_md5_mismatch_is_one_line_and_writes_nothing(tmp_path, ml_data):
@@ -91,7 +84,7 @@ def test_md5_mismatch_is_one_line_and_writes_nothing(tmp_path, ml_data):
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if line.startswith('error:')]
     assert len(error) == 1 and archive in error[0]
-    assert create_datasets.file_md5(archive) in error[0]
+    assert utils.file_md5(archive) in error[0]
     assert 'expected c58f30108f718f92721af3b95e74349a' in error[0]
     assert not [f for f in _written(ml_data) if f.endswith('.tfrecord')]
 
@@ -107,7 +100,7 @@ def test_malicious_pickle_is_refused(tmp_path, ml_data, monkeypatch):
     archive, _, _ = _cifar_archive(str(tmp_path / 'c10.tar.gz'), 'cifar10',
                                    replace={'data_batch_1': evil})
     with pytest.raises(UserError, match='data_batch_1: .*refusing to load global .*system'):
-        create_datasets.build_cifar('cifar10', archive, create_datasets.file_md5(archive))
+        create_datasets.build_cifar('cifar10', archive, utils.file_md5(archive))
     assert not os.path.exists(str(tmp_path / 'pwned'))
     assert not [f for f in _written(ml_data) if f.endswith('.tfrecord')]
 
@@ -137,9 +130,9 @@ def test_svhn_mat_files_map_label_10_to_0(tmp_path, ml_data):
     for suffix, (filename, _) in create_datasets.SVHN_FILES.items():
         images = rng.randint(0, 256, (32, 32, 3, 3)).astype(np.uint8)
         scipy.io.savemat(str(tmp_path / filename), {'X': images, 'y': np.array([[10], [1], [9]])})
-        md5s[suffix] = create_datasets.file_md5(str(tmp_path / filename))
+        md5s[suffix] = utils.file_md5(str(tmp_path / filename))
     create_datasets.build_svhn(str(tmp_path), md5s)
-    loaded, labels = records.load_arrays(records.dataset_path('svhn', 'extra'))
+    loaded, labels = records.load_arrays(names.dataset_path('svhn', 'extra'))
     assert labels.tolist() == [0, 1, 9]
     np.testing.assert_array_equal(loaded, images.transpose(3, 0, 1, 2))
 
@@ -153,17 +146,17 @@ def test_stl10_binary_archive(tmp_path, ml_data):
              'unlabeled_X.bin': column_major, 'class_names.txt': b'airplane\nbird\n' + b'x\n' * 8}
     archive = _tar(str(tmp_path / 'stl.tar.gz'),
                    dict(('stl10_binary/' + k, v) for k, v in files.items()))
-    create_datasets.build_stl10(archive, create_datasets.file_md5(archive))
-    loaded, labels = records.load_arrays(records.dataset_path('stl10', 'train'))
+    create_datasets.build_stl10(archive, utils.file_md5(archive))
+    loaded, labels = records.load_arrays(names.dataset_path('stl10', 'train'))
     np.testing.assert_array_equal(loaded, images)
     assert labels.tolist() == [0, 9]
-    assert records.load_arrays(records.dataset_path('stl10', 'extra'))[1].tolist() == [-1, -1]
+    assert records.load_arrays(names.dataset_path('stl10', 'extra'))[1].tolist() == [-1, -1]
 
 
 def test_digits_offline_split(ml_data):
     create_datasets.build_digits()
-    train, train_labels = records.load_arrays(records.dataset_path('digits', 'train'))
-    test, _ = records.load_arrays(records.dataset_path('digits', 'test'))
+    train, train_labels = records.load_arrays(names.dataset_path('digits', 'train'))
+    test, _ = records.load_arrays(names.dataset_path('digits', 'test'))
     assert train.shape == (1497, 8, 8, 1) and test.shape == (300, 8, 8, 1)
     assert train.max() == 255 and train_labels[:3].tolist() == [0, 1, 2]
 
@@ -191,10 +184,10 @@ def _build_custom(root, workers=1, unlabeled=True):
 def test_custom_folders(tmp_path, ml_data, mode, channels):
     _folders(str(tmp_path), mode)
     assert _build_custom(str(tmp_path), workers=2) == [4, 2, 2]
-    images, labels = records.load_arrays(records.dataset_path('mine', 'train'))
+    images, labels = records.load_arrays(names.dataset_path('mine', 'train'))
     assert images.shape == (4, 6, 6, channels) and labels.tolist() == [0, 0, 1, 1]
-    assert records.load_arrays(records.dataset_path('mine', 'extra'))[1].tolist() == [-1, -1]
-    assert records.read_class_mappings(records.class_mappings_path('mine')) == ['cat', 'dog']
+    assert records.load_arrays(names.dataset_path('mine', 'extra'))[1].tolist() == [-1, -1]
+    assert records.read_class_mappings(names.class_mappings_path('mine')) == ['cat', 'dog']
 
 
 def _custom_error(tmp_path, ml_data, match, workers=1):

@@ -12,7 +12,7 @@ from PIL import Image
 
 import tiny_data
 from conftest import ROOT
-from libml import records
+from libml import names, records
 from libml.utils import UserError
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
@@ -170,7 +170,7 @@ def make_image_archive(path):
 
 
 def labels_of(name, part):
-    return [label for _, _, label in records.read_records(records.dataset_path(name, part))]
+    return [label for _, _, label in records.read_records(names.dataset_path(name, part))]
 
 
 def test_prepare_builds_a_class_mismatch_split_from_an_image_archive(tmp_path, monkeypatch):

@@ -14,12 +14,13 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import tiny_data
-from conftest import ROOT
+from conftest import ROOT, assert_one_line_error
 
 # test_train.py's TINY settings, one epoch of 1 kimg.
-TINY = ['--arch=convnet', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
-        '--warmup_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
-        '--ema=0.9', '--w_match=1', '--train_kimg=1']
+# MixUp-supervised: this file's training run is also the end-to-end run of --method=mixup.
+TINY = ['--method=mixup', '--arch=convnet', '--filters=8', '--batch=8', '--report_kimg=1',
+        '--save_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
+        '--ema=0.9', '--train_kimg=1']
 EXPORT = os.path.join(ROOT, 'scripts', 'export.py')
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
 
@@ -57,11 +58,6 @@ def finish(process, timeout=240):
     return process.returncode, out, err
 
 
-def one_line_error(code, err):
-    errors = [line for line in err.splitlines() if line.startswith('error: ')]
-    return code == 1 and len(errors) == 1 and 'Traceback' not in err, errors
-
-
 def read_graph_def(path):
     graph_def = tf.GraphDef()
     with open(path, 'rb') as f:
@@ -71,7 +67,7 @@ def read_graph_def(path):
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """A tiny run trained for one epoch, exported with the default settings to RUN/export."""
+    """A tiny MixUp-supervised run trained for one epoch, exported with the default settings."""
     root = str(tmp_path_factory.mktemp('data'))
     dataset = tiny_data.make_ssl_dataset(root) + '-12'
     train_dir = str(tmp_path_factory.mktemp('runs'))
@@ -82,7 +78,9 @@ def exported(tmp_path_factory):
                              universal_newlines=True, timeout=240)
     assert trained.returncode == 0, trained.stdout
     runs = glob.glob(os.path.join(train_dir, '*', '*'))
-    assert len(runs) == 1, runs
+    assert len(runs) == 1 and os.path.basename(runs[0]).startswith('mixup_arch'), runs
+    assert 'w_match' not in runs[0] and '_beta0.75_' in runs[0]  # named by what mixup reads
+    assert os.path.isfile(os.path.join(runs[0], 'result.txt'))
     run_dir = runs[0]
     # The default export, and a second one of the same checkpoint (run side by side: TensorFlow's
     # start-up dominates on small machines).
@@ -101,14 +99,14 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope='module')
 def reference(exported):
     """EMA probabilities of the test images from the evaluation graph (as realmix.py --eval_ckpt)."""
-    import realmix
     from libml import data, evaluation, npu_config
+    from libml.graph import build_graph
     from libml.inference import run_args
     checkpoint = os.path.join(exported['run_dir'], 'tf', 'model.ckpt-1024')
     _, hp = run_args(checkpoint)
     shape = [hp['height'], hp['width'], hp['colors']]
     with tf.Graph().as_default():
-        ops = realmix.build_graph(hp, shape, hp['nclass'], npu_config.setup('cpu'))
+        ops = build_graph(hp, shape, hp['nclass'], npu_config.setup('cpu'))
         saver = tf.train.Saver()
         with tf.Session() as session:
             saver.restore(session, checkpoint)
@@ -239,18 +237,16 @@ def test_bad_input_is_refused_before_anything_is_written(exported, bad_runs):
 def test_command_line_error_is_one_line_with_exit_status_1(exported, bad_runs):
     # Refused while restoring, with a session started and the temporary folder made.
     code, out, err = finish(run([EXPORT, bad_runs['other'], '--out=' + bad_runs['out']]))
-    ok, errors = one_line_error(code, err)
-    assert ok, (code, out, err)
-    assert 'holds classify/' in errors[0] and 'with shape' in errors[0], errors
+    assert_one_line_error(code, err, 'holds classify/', 'with shape')
     assert not os.path.exists(bad_runs['out'])
     assert leftovers(os.path.dirname(bad_runs['out']), bad_runs['other']) == []
 
 
 def test_export_graph_matches_build_graph_for_a_whitened_resnet(tmp_path):
-    """The export rebuilds the classifier from args.json as realmix.build_graph does (here with
-    input whitening and residual blocks, which the tiny convnet run does not exercise)."""
-    import realmix
-    from libml import export, npu_config
+    """The frozen export computes what the evaluation graph computes (here with input whitening
+    and residual blocks, which the tiny convnet run does not exercise)."""
+    from libml import data, export, npu_config
+    from libml.graph import build_graph
     hp = dict(arch='resnet', scales=1, filters=4, repeat=1, bn_momentum=0.9, ema=0.9,
               whiten_stats=([0.2, -0.1, 0.05], [0.5, 0.6, 0.7]), height=8, width=8, colors=3,
               nclass=3, eval_batch=4, method='realmix')
@@ -258,7 +254,7 @@ def test_export_graph_matches_build_graph_for_a_whitened_resnet(tmp_path):
     checkpoint = str(tmp_path / 'model.ckpt-7')
     with tf.Graph().as_default():
         tf.set_random_seed(1)
-        ops = realmix.build_graph(hp, [8, 8, 3], 3, npu_config.setup('cpu'))
+        ops = build_graph(hp, [8, 8, 3], 3, npu_config.setup('cpu'))
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             # Distinct raw weights, shadows and statistics, so a mix-up of them shows.
@@ -267,7 +263,7 @@ def test_export_graph_matches_build_graph_for_a_whitened_resnet(tmp_path):
                 noise = np.random.RandomState(len(variable.op.name)).uniform(0.5, 1.5, shape)
                 variable.load(noise.astype(variable.dtype.as_numpy_dtype), session)
             reference = session.run(ops['probs_ema'], {
-                ops['eval_images']: images.astype(np.float32) * (2. / 255) - 1})
+                ops['eval_images']: data.to_float(images)})
             tf.train.Saver().save(session, checkpoint, write_meta_graph=False)
     frozen = export.freeze(hp, checkpoint, 4)
     with tf.Graph().as_default():

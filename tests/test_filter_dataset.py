@@ -1,16 +1,15 @@
 """filter_dataset.py: keep classes, renumber them, and build class-mismatch splits."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from libml import records
+from libml import names, records
 from libml.utils import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, assert_one_line_error, run_script  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import create_split  # noqa: E402
 import filter_dataset  # noqa: E402
@@ -27,14 +26,14 @@ def ml_data(tmp_path, monkeypatch):
     for part, labels in (('train', np.tile(np.arange(10), 3)), ('test', np.arange(10)),
                          ('extra', [-1] * 4)):
         images = rng.randint(0, 256, (len(labels), 2, 2, 3)).astype(np.uint8)
-        records.write_arrays(records.dataset_path('ten', part), images, labels)
-    records.write_class_mappings(records.class_mappings_path('ten'),
+        records.write_arrays(names.dataset_path('ten', part), images, labels)
+    records.write_class_mappings(names.class_mappings_path('ten'),
                                  ['n%d' % i for i in range(10)])
     return root
 
 
 def _labels(name, part):
-    return [label for _, _, label in records.read_records(records.dataset_path(name, part))]
+    return [label for _, _, label in records.read_records(names.dataset_path(name, part))]
 
 
 def test_remap_keeps_listed_classes_renumbered(ml_data):
@@ -42,24 +41,24 @@ def test_remap_keeps_listed_classes_renumbered(ml_data):
     assert sorted(_labels('six', 'train')) == sorted(list(range(6)) * 3)
     assert _labels('six', 'test') == list(range(6))
     assert _labels('six', 'extra') == [-1] * 4
-    assert records.read_class_mappings(records.class_mappings_path('six')) == \
+    assert records.read_class_mappings(names.class_mappings_path('six')) == \
         ['n%d' % i for i in range(2, 8)]
-    source = [png for _, png, label in records.read_records(records.dataset_path('ten', 'test'))]
-    kept = [png for _, png, _ in records.read_records(records.dataset_path('six', 'test'))]
+    source = [png for _, png, label in records.read_records(names.dataset_path('ten', 'test'))]
+    kept = [png for _, png, _ in records.read_records(names.dataset_path('six', 'test'))]
     assert kept == source[2:8]  # the same PNG bytes, not re-encoded
 
 
 def test_without_remap_labels_and_names_stay(ml_data):
     filter_dataset.filter_dataset('ten', 'pair', '7,2')
     assert _labels('pair', 'test') == [2, 7]
-    assert len(records.read_class_mappings(records.class_mappings_path('pair'))) == 10
+    assert len(records.read_class_mappings(names.class_mappings_path('pair'))) == 10
 
 
 def _mismatch_split(unlabel_filter, name):
     """Filter split ten.1@10 (one labeled image per class) into a CIFAR-6-style split `name`."""
-    if not os.path.exists(records.dataset_path('SSL/ten.1@10', 'label')):
+    if not os.path.exists(names.dataset_path('SSL/ten.1@10', 'label')):
         create_split.create_split(os.path.join(os.environ['ML_DATA'], 'SSL', 'ten'),
-                                  [records.dataset_path('ten', 'train')], 1, 10, True)
+                                  [names.dataset_path('ten', 'train')], 1, 10, True)
     filter_dataset.filter_dataset('SSL/ten.1@10', 'SSL/%s.1@10' % name, SIX, unlabel_filter,
                                   remap=True)
     with open(os.path.join(os.environ['ML_DATA'], 'SSL', '%s.1@10-map.json' % name)) as f:
@@ -102,12 +101,8 @@ def test_bad_names(ml_data):
 
 
 def test_cli_error_is_one_line_and_writes_nothing(ml_data):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'scripts', 'filter_dataset.py'),
-         '--filter_dataset=ten', '--save_name=six', '--class_filter=2,99'],
-        env=dict(os.environ, ML_DATA=ml_data),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    assert result.returncode == 1
-    assert [line for line in result.stderr.splitlines() if line.startswith('error:')] == \
-        ['error: --class_filter: class 99 outside [0, 10)']
+    result = run_script('filter_dataset.py', ['--filter_dataset=ten', '--save_name=six',
+                                              '--class_filter=2,99'], ml_data)
+    line = assert_one_line_error(result.returncode, result.stderr)
+    assert line == 'error: --class_filter: class 99 outside [0, 10)'
     assert not [f for f in os.listdir(ml_data) if f.startswith('six')]

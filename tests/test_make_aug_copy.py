@@ -2,16 +2,15 @@
 import filecmp
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from libml import records
+from libml import names, records
 from libml.utils import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_script  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import create_split  # noqa: E402
 import make_aug_copy  # noqa: E402
@@ -25,10 +24,10 @@ def ml_data(tmp_path, monkeypatch):
     rng = np.random.RandomState(0)
     for part, count in (('train', 20), ('test', 5)):
         images = rng.randint(0, 256, (count, 8, 8, 3)).astype(np.uint8)
-        records.write_arrays(records.dataset_path('tiny', part), images, np.arange(count) % 5)
-    records.write_class_mappings(records.class_mappings_path('tiny'), list('abcde'))
+        records.write_arrays(names.dataset_path('tiny', part), images, np.arange(count) % 5)
+    records.write_class_mappings(names.class_mappings_path('tiny'), list('abcde'))
     create_split.create_split(os.path.join(root, 'SSL', 'tiny'),
-                              [records.dataset_path('tiny', 'train')], 1, 5)
+                              [names.dataset_path('tiny', 'train')], 1, 5)
     return root
 
 
@@ -83,15 +82,12 @@ def test_offline_cutout_erases_one_rectangle_per_image_and_does_not_shift(ml_dat
 def test_bad_arguments(ml_data, name, copies, kind, match):
     with pytest.raises(UserError, match=match):
         make_aug_copy.make_aug_copy(name, copies, kind)
-    assert not os.path.exists(records.dataset_path('tiny_aug%d' % copies, 'test'))
+    assert not os.path.exists(names.dataset_path('tiny_aug%d' % copies, 'test'))
 
 
 def test_cli_writes_the_dataset(ml_data):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'scripts', 'make_aug_copy.py'),
-         '--aug_dataset=tiny.1@5', '--aug_copy=1', '--augment=svhn'],
-        env=dict(os.environ, ML_DATA=ml_data),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    result = run_script('make_aug_copy.py', ['--aug_dataset=tiny.1@5', '--aug_copy=1',
+                                             '--augment=svhn'], ml_data)
     assert result.returncode == 0, result.stderr
     assert 'tiny_aug1.1@5-unlabel.tfrecord: 15 augmented images (svhn x 1)' in result.stdout
-    assert os.path.isfile(records.dataset_path('tiny_aug1', 'test'))
+    assert os.path.isfile(names.dataset_path('tiny_aug1', 'test'))

@@ -9,6 +9,8 @@ import types
 
 import pytest
 
+import conftest
+
 from obs_server import free_port, obs_server  # noqa: F401  (pytest fixture)
 import read_fromobs
 from read_fromobs import CopyStats, ObsFolder, copy_tree, sync_up
@@ -81,13 +83,7 @@ def assert_secret_hidden(proc, secret):
 
 
 def assert_one_line_error(proc, *words):
-    """Non-zero exit and a single `error:` line containing `words`, no traceback."""
-    assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1, proc.stderr
-    assert 'Traceback' not in proc.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
+    conftest.assert_one_line_error(proc.returncode, proc.stderr, *words)
 
 
 @pytest.fixture

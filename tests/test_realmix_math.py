@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import realmix
 from libml import layers
+from libml.utils import UserError
+from methods import realmix
 
 tf.disable_v2_behavior()
 
@@ -140,7 +141,7 @@ def test_tsa_reference_rule_depends_on_a_constant_shift_of_the_logits_the_defini
 
 
 def test_tsa_rejects_an_unknown_rule():
-    with pytest.raises(realmix.UserError, match='tsa_rule'):
+    with pytest.raises(UserError, match='tsa_rule'):
         realmix.tsa_keep_mask(tf.zeros([1, 2]), tf.zeros([1, 2]), 0.5, 'strict')
 
 
@@ -177,40 +178,3 @@ def test_w_match_ramp():
     values = run([realmix.warmup_ramp(tf.constant(n), 2.) for n in (0, 1024, 2048, 10 ** 6)])
     np.testing.assert_allclose(values, [0, 0.5, 1, 1])
     assert run(realmix.warmup_ramp(tf.constant(5), 0)) == 1
-
-
-class _PlainDevice(object):
-    def wrap_optimizer(self, optimizer):
-        return optimizer
-
-
-def test_weight_decay_then_ema_after_each_adam_step():
-    lr, wd, decay = 0.1, 0.5, 0.9
-    with tf.variable_scope('classify'):
-        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., -2.]))
-        bias = tf.get_variable('dense/bias', initializer=tf.constant([3.]))
-    loss = tf.reduce_sum(kernel) + tf.reduce_sum(bias)  # gradient 1 everywhere
-    step = tf.train.get_or_create_global_step()
-    hp = dict(lr=lr, wd=wd, ema=decay, batch=64)
-    train_op, ema = realmix.training_update(dict(loss=loss), hp, step, _PlainDevice())
-    with tf.Session() as session:
-        session.run(tf.global_variables_initializer())
-        session.run(train_op)
-        k, b, k_ema, b_ema, s = session.run([kernel, bias, ema.average(kernel), ema.average(bias), step])
-    # Adam's first step moves each weight by lr in the direction of -sign(gradient).
-    np.testing.assert_allclose(k, (np.array([1., -2.]) - lr) * (1 - wd * lr), rtol=1e-5)
-    np.testing.assert_allclose(b, [3. - lr], rtol=1e-5)  # biases are not decayed
-    np.testing.assert_allclose(k_ema, decay * np.array([1., -2.]) + (1 - decay) * k, rtol=1e-5)
-    np.testing.assert_allclose(b_ema, decay * 3. + (1 - decay) * b, rtol=1e-5)
-    assert s == 64
-
-
-def test_ema_tracks_trainable_weights_only_not_bn_statistics_nor_optimizer_slots():
-    with tf.variable_scope('classify'):
-        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., 2.]))
-        tf.get_variable('bn/moving_mean', initializer=tf.constant([0.]), trainable=False)
-    step = tf.train.get_or_create_global_step()
-    realmix.training_update(dict(loss=tf.reduce_sum(kernel)),
-                            dict(lr=0.1, wd=0.1, ema=0.9, batch=4), step, _PlainDevice())
-    shadows = sorted(v.op.name for v in tf.global_variables() if 'ExponentialMovingAverage' in v.op.name)
-    assert shadows == ['classify/dense/kernel/ExponentialMovingAverage']

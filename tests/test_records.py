@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from libml import records
+from libml import names, records
 from libml.utils import UserError
 
 
@@ -124,7 +124,7 @@ def test_atomic_outputs_all_or_nothing(tmp_path):
 
 
 def test_class_mappings_round_trip_and_lookup(tmp_path):
-    path = records.class_mappings_path('SSL/d.1@10', str(tmp_path))
+    path = names.class_mappings_path('SSL/d.1@10', str(tmp_path))
     assert path == str(tmp_path / 'd_class_mappings.json')
     records.write_class_mappings(path, ['cat', 'dog'])
     assert records.read_class_mappings(path) == ['cat', 'dog']

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import realmix
 from libml import layers
+from methods import realmix
 
 tf.disable_v2_behavior()
 

@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
+import conftest
+
 from obs_server import obs_server  # noqa: F401  (pytest fixture)
-from libml import npu_config, records
+from libml import records
 import run_sh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,18 +57,8 @@ def run_job(cwd, args, env=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def error_lines(proc):
-    return [line for line in proc.stderr.splitlines()
-            if line.startswith('error:') or line.startswith('FATAL')]
-
-
 def assert_one_line_error(proc, *words):
-    assert proc.returncode != 0
-    errors = error_lines(proc)
-    assert len(errors) == 1, proc.stderr
-    assert 'Traceback' not in proc.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
+    conftest.assert_one_line_error(proc.returncode, proc.stderr, *words)
 
 
 def result_rows(path):
@@ -192,7 +184,3 @@ def test_background_sync_uploads_each_new_checkpoint(tmp_path):
                 f.write(step)
             wait_for_remote(step)
 
-
-def test_device_and_precision_choices_match_realmix():
-    assert run_sh.DEVICES == npu_config.DEVICES
-    assert run_sh.PRECISIONS == npu_config.PRECISIONS

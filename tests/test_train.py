@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tiny_data
-from conftest import ROOT
+from conftest import ROOT, assert_one_line_error
 
 TINY = ['--arch=smallconv', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
         '--warmup_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
@@ -143,17 +143,12 @@ def test_inference_on_class_folders_writes_predictions_and_accuracy(trained, tmp
     assert rows[0] == 'file,predicted_class,confidence' and len(rows) == 10
 
 
-def _one_line_error(code, out):
-    errors = [line for line in out.splitlines() if line.startswith('error: ')]
-    return code != 0 and len(errors) == 1 and 'Traceback' not in out, errors
-
-
 def test_bad_inputs_give_one_line_errors(trained, tmp_path):
     base = ['--train_dir=' + str(tmp_path), '--device=cpu']
     cases = [
         (['--dataset=tiny'], 'NAME.SEED@SIZE-VALID'),
         (['--dataset=tiny.1@99-0'], 'create_split.py --seed=1 --label_split_size=99'),
-        (['--dataset=' + trained['dataset'], '--percent_mask=1.5'], '--percent_mask=1.5 is outside'),
+        (['--dataset=' + trained['dataset'], '--percent_mask=1.5'], '--percent_mask=1.5 is out of range: it must be in [-1, 1)'),
         (['--dataset=' + trained['dataset'], '--batch=2'], 'interleaving needs at least'),
         (['--dataset=' + trained['dataset'], '--eval_ckpt=' + str(tmp_path / 'nope')], 'does not exist'),
         (['--dataset=' + trained['dataset'], '--lr=-1'], '--lr=-1.0 is out of range: it must be > 0'),
@@ -167,13 +162,12 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
     ]
     for args, expected in cases:
         code, out = finish(realmix(base + args, trained['root']))
-        ok, errors = _one_line_error(code, out)
-        assert ok and expected in errors[0], (args, out)
+        assert_one_line_error(code, out, expected)
     assert not glob.glob(str(tmp_path / '*' / '*' / 'args')), 'a refused run left a run folder'
 
 
 def test_a_run_with_other_hyperparameters_never_shares_a_folder(trained):
-    import realmix as realmix_module
+    from libml import hparams
     name = os.path.basename(trained['run_dir'])
     # Every model-changing flag is in the name; schedule length and evaluation flags are not.
     for part in ('T0.5', 'tsa_rulereference', 'augmentcifar10', 'precisionfp32', 'beta0.75'):
@@ -181,10 +175,10 @@ def test_a_run_with_other_hyperparameters_never_shares_a_folder(trained):
     assert 'train_kimg' not in name and 'tune_kimg' not in name
     with open(os.path.join(trained['run_dir'], 'args', 'args.json')) as f:
         hp = json.load(f)
-    assert realmix_module.experiment_name(hp) == name
+    assert hparams.experiment_name(hp) == name
     for changed in (dict(T=0.3), dict(augment='none'), dict(precision='mixed'), dict(tsa_rule='definition')):
-        assert realmix_module.experiment_name(dict(hp, **changed)) != name
-    assert realmix_module.experiment_name(dict(hp, train_kimg=99, tune_kimg=0, device='gpu')) == name
+        assert hparams.experiment_name(dict(hp, **changed)) != name
+    assert hparams.experiment_name(dict(hp, train_kimg=99, tune_kimg=0, device='gpu')) == name
 
 
 def test_a_run_folder_holding_another_model_is_refused(trained, tmp_path):
@@ -199,8 +193,7 @@ def test_a_run_folder_holding_another_model_is_refused(trained, tmp_path):
     before = open(args_path).read()
     code, out = finish(realmix(['--train_dir=' + train_dir] + trained['args'][:1] + trained['args'][2:],
                                trained['root']))
-    ok, errors = _one_line_error(code, out)
-    assert ok and '--beta=0.75 here, 0.5 in the run' in errors[0], out
+    assert_one_line_error(code, out, '--beta=0.75 here, 0.5 in the run')
     assert open(args_path).read() == before
 
 
@@ -208,8 +201,7 @@ def test_divergence_stops_with_one_line_and_no_bad_checkpoint(trained, tmp_path)
     train_dir = str(tmp_path / 'runs')
     code, out = finish(realmix(['--train_dir=' + train_dir, '--dataset=' + trained['dataset'],
                                 '--train_kimg=2', '--lr=1e30', '--wd=0'] + TINY, trained['root']))
-    ok, errors = _one_line_error(code, out)
-    assert ok and 'training diverged: the loss is not finite at' in errors[0], out
+    assert_one_line_error(code, out, 'training diverged: the loss is not finite at')
     run = run_dir_of(train_dir)
     assert not os.path.exists(os.path.join(run, 'result.txt'))
     import tensorflow.compat.v1 as tf
@@ -244,20 +236,19 @@ def test_inference_rejects_images_of_the_wrong_size(trained, tmp_path):
     code, out = finish(realmix(['--perform_inference', '--inference_dir=' + str(tmp_path),
                                 '--inference_ckpt=' + os.path.join(trained['run_dir'], 'tf'),
                                 '--device=cpu'], trained['root']))
-    ok, errors = _one_line_error(code, out)
-    assert ok and 'big.png is 16x16x1 but the model takes 8x8x1' in errors[0], out
+    assert_one_line_error(code, out, 'big.png is 16x16x1 but the model takes 8x8x1')
 
 
 def test_load_checkpoint_takes_every_weight_but_the_classifier_head(trained, tmp_path):
     import tensorflow.compat.v1 as tf
-    import realmix
+    import methods
     from libml import data, npu_config, train
     tf.disable_v2_behavior()
     with open(os.path.join(trained['run_dir'], 'args', 'args.json')) as f:
         hp = json.load(f)
     dataset = data.resolve(trained['dataset'], root=trained['root'])
     device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
-    trainer = train.Trainer(str(tmp_path / 'run'), hp, dataset, device, realmix.build_graph)
+    trainer = train.Trainer(str(tmp_path / 'run'), hp, dataset, device, methods.get('realmix'))
     checkpoint = os.path.join(trained['run_dir'], 'tf', 'model.ckpt-3072')
     reader = tf.train.load_checkpoint(checkpoint)
     names = ('classify/conv2d/kernel', 'classify/dense/kernel',

@@ -1,12 +1,13 @@
-"""The real RealMix training graph under every device/precision setting: audited and runnable."""
+"""libml/graph.py: the real training graph of every method and device/precision setting, audited and runnable."""
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import realmix
+import methods
 import tiny_data
 from libml import data, graph_audit, npu_config
+from libml.graph import build_graph, training_update
 
 tf.disable_v2_behavior()
 
@@ -37,7 +38,8 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
     with tf.Graph().as_default() as graph:
         pipelines = (data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment'])),
                      data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'])))
-        ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=pipelines)
+        ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
+                          pipelines=pipelines)
         problems = graph_audit.audit_train_graph(graph, ops['train_op'],
                                                  expect_loss_scale=device.loss_scaling)
         assert problems == []
@@ -58,12 +60,14 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
     assert 0 < losses['mask_ratio'] <= 0.75 + 1e-6  # percent_mask 0.25 drops a quarter or more
 
 
-def test_supervised_baseline_graph_is_clean(dataset):
+@pytest.mark.parametrize('method', ['supervised', 'mixup'])
+def test_labeled_only_baselines_build_a_clean_graph(dataset, method):
     device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
-    hp = hyper_parameters(dataset, method='supervised')
+    hp = hyper_parameters(dataset, method=method)
     with tf.Graph().as_default() as graph:
         labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
-        ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=(labeled, None))
+        ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
+                          pipelines=(labeled, None))
         assert graph_audit.audit_train_graph(graph, ops['train_op']) == []
         assert set(ops['losses']) == {'loss', 'xe'}
 
@@ -86,7 +90,8 @@ def test_npu_mixed_skips_adam_on_overflow_but_the_rest_of_the_step_runs(dataset,
     with tf.Graph().as_default() as graph:
         pipelines = (data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment'])),
                      data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'])))
-        ops = realmix.build_graph(hp, dataset.shape, dataset.nclass, device, pipelines=pipelines)
+        ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
+                          pipelines=pipelines)
         fake_checks.validate_session_config(device.session_config(), graph)
         named = {v.op.name: v for v in tf.global_variables()}
         trainable = tf.trainable_variables('classify')
@@ -139,3 +144,48 @@ def test_npu_mixed_skips_adam_on_overflow_but_the_rest_of_the_step_runs(dataset,
         assert not np.array_equal(a, b)  # Adam moved the biases and batch-norm gains
     moved = [np.abs(a - b * decay).max() for a, b in zip(after['kernels'], before['kernels'])]
     assert min(moved) > 1e-4  # lr 0.002: Adam's first step moves each weight by about lr
+
+
+@pytest.fixture
+def fresh_graph():
+    with tf.Graph().as_default() as graph:
+        yield graph
+
+
+class _PlainDevice(object):
+    def wrap_optimizer(self, optimizer):
+        return optimizer
+
+
+@pytest.mark.usefixtures('fresh_graph')
+def test_weight_decay_then_ema_after_each_adam_step():
+    lr, wd, decay = 0.1, 0.5, 0.9
+    with tf.variable_scope('classify'):
+        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., -2.]))
+        bias = tf.get_variable('dense/bias', initializer=tf.constant([3.]))
+    loss = tf.reduce_sum(kernel) + tf.reduce_sum(bias)  # gradient 1 everywhere
+    step = tf.train.get_or_create_global_step()
+    hp = dict(lr=lr, wd=wd, ema=decay, batch=64)
+    train_op, ema = training_update(dict(loss=loss), hp, step, _PlainDevice())
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        session.run(train_op)
+        k, b, k_ema, b_ema, s = session.run([kernel, bias, ema.average(kernel), ema.average(bias), step])
+    # Adam's first step moves each weight by lr in the direction of -sign(gradient).
+    np.testing.assert_allclose(k, (np.array([1., -2.]) - lr) * (1 - wd * lr), rtol=1e-5)
+    np.testing.assert_allclose(b, [3. - lr], rtol=1e-5)  # biases are not decayed
+    np.testing.assert_allclose(k_ema, decay * np.array([1., -2.]) + (1 - decay) * k, rtol=1e-5)
+    np.testing.assert_allclose(b_ema, decay * 3. + (1 - decay) * b, rtol=1e-5)
+    assert s == 64
+
+
+@pytest.mark.usefixtures('fresh_graph')
+def test_ema_tracks_trainable_weights_only_not_bn_statistics_nor_optimizer_slots():
+    with tf.variable_scope('classify'):
+        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., 2.]))
+        tf.get_variable('bn/moving_mean', initializer=tf.constant([0.]), trainable=False)
+    step = tf.train.get_or_create_global_step()
+    training_update(dict(loss=tf.reduce_sum(kernel)),
+                    dict(lr=0.1, wd=0.1, ema=0.9, batch=4), step, _PlainDevice())
+    shadows = sorted(v.op.name for v in tf.global_variables() if 'ExponentialMovingAverage' in v.op.name)
+    assert shadows == ['classify/dense/kernel/ExponentialMovingAverage']

@@ -1,0 +1,78 @@
+"""methods/: the registry, the shape every method module has, and MixUp-supervised's loss."""
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import methods
+from libml import hparams
+from libml.utils import UserError
+
+tf.disable_v2_behavior()
+
+
+def test_every_method_module_has_the_same_shape():
+    assert methods.names()[0] == 'realmix'
+    assert set(methods.names()) >= {'realmix', 'supervised', 'mixup'}
+    for name in methods.names():
+        method = methods.get(name)
+        assert method.NAME == name and isinstance(method.NEEDS_UNLABELED, bool)
+        assert all(isinstance(spec, hparams.Flag) for spec in method.FLAGS)
+        assert callable(method.losses)
+        common = set(spec.name for spec in hparams.COMMON_FLAGS)
+        assert not common & set(spec.name for spec in method.FLAGS), name
+
+
+def test_unknown_method_is_one_clear_error():
+    with pytest.raises(UserError, match='unknown --method=fixmatch; choose one of: realmix, '):
+        methods.get('fixmatch')
+
+
+def test_a_flag_two_methods_share_must_be_defined_alike():
+    assert [s.name for s in methods.all_flags()].count('beta') == 1
+    clash = hparams.Flag('float', 'beta', 0.5, 'other')
+    with pytest.raises(UserError, match='--beta is defined twice'):
+        hparams.merge(methods.all_flags() + [clash])
+
+
+def test_run_names_hold_only_the_flags_a_method_reads():
+    base = dict((s.name, s.default) for s in hparams.COMMON_FLAGS)
+    for name, absent, present in (('supervised', ('beta', 'w_match', 'tsa'), ()),
+                                  ('mixup', ('w_match', 'tsa'), ('beta0.75',)),
+                                  ('realmix', (), ('beta0.75', 'w_match75', 'tsanone'))):
+        specs = methods.flag_specs(name)
+        hp = dict(base, method=name, **dict((s.name, s.default) for s in specs))
+        run = hparams.experiment_name(hp)
+        assert run.startswith(name + '_')
+        assert not [k for k in absent if '_%s' % k in run], run
+        assert all(part in run.split('_') or part in run for part in present), run
+
+
+def test_mixup_mixes_each_labeled_image_with_its_mirror_and_trains_on_the_mixed_targets():
+    """Images equal to their one-hot labels and an identity network: the logits are the mixed
+    images, so they must equal the mixed targets, and the loss is CE(targets, softmax(targets))."""
+    labels = np.array([0, 1, 2, 0], np.int64)
+    images = np.eye(3, dtype=np.float32)[labels].reshape([4, 1, 1, 3])
+    calls, outputs = [], []
+
+    def classify(x, training, update_stats=True):
+        calls.append((training, update_stats))
+        outputs.append(tf.reshape(x, [4, 3]))
+        return outputs[-1]
+
+    with tf.Graph().as_default():
+        tf.set_random_seed(1)
+        losses = methods.get('mixup').losses(
+            dict(image=tf.constant(images), label=tf.constant(labels)), None, classify,
+            dict(beta=0.75), tf.constant(0), 3)
+        with tf.Session() as session:
+            loss, logits = session.run([losses['loss'], outputs[0]])  # one draw of the MixUp weights
+    assert calls == [(True, True)]  # one pass, updating batch-norm statistics
+    one_hot = np.eye(3)[labels]
+    lam = logits[np.arange(4), labels]
+    assert ((lam >= 0.5 - 1e-6) & (lam <= 1 + 1e-6)).all()
+    np.testing.assert_allclose(logits, lam[:, None] * one_hot + (1 - lam[:, None]) * one_hot[::-1],
+                               atol=1e-6)  # partner = the mirrored position
+    targets = logits
+    log_softmax = targets - np.log(np.exp(targets).sum(1, keepdims=True))
+    assert loss == pytest.approx(-(targets * log_softmax).sum(1).mean(), rel=1e-5)
