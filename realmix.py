@@ -41,17 +41,19 @@ flags.DEFINE_integer('seed', 0, 'Graph-level random seed; 0 = nondeterministic.'
 def main(argv):
     if len(argv) > 1:
         raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
-    device = npu_config.setup(FLAGS.device, FLAGS.precision, log=print)
-    if FLAGS.perform_inference:
-        inference.run_inference(FLAGS.inference_dir, FLAGS.inference_ckpt, device)
+    if FLAGS.perform_inference or FLAGS.eval_ckpt:  # one process, one replica: no cluster
+        device = npu_config.setup(FLAGS.device, FLAGS.precision, log=print, environ={})
+        if FLAGS.perform_inference:
+            inference.run_inference(FLAGS.inference_dir, FLAGS.inference_ckpt, device)
+        else:
+            evaluate_checkpoint(FLAGS.eval_ckpt, device)
         return
-    if FLAGS.eval_ckpt:
-        evaluate_checkpoint(FLAGS.eval_ckpt, device)
-        return
+    device = npu_config.setup(FLAGS.device, FLAGS.precision, log=print, replicas=FLAGS.replicas,
+                              iterations_per_loop=FLAGS.iterations_per_loop)
     method = methods.get(FLAGS.method)
     specs = methods.flag_specs(FLAGS.method)
     dataset = data.resolve(FLAGS.dataset, nclass=FLAGS.nclass, image_size=FLAGS.img_size)
-    hp = hparams.from_flags(FLAGS, FLAGS.method, specs, dataset)
+    hp = hparams.from_flags(FLAGS, FLAGS.method, specs, dataset, device.cluster.replicas)
     run_dir = os.path.join(FLAGS.train_dir, dataset.dataset_id, hparams.experiment_name(hp))
     hparams.check_run_folder(run_dir, hp)
     trainer = train.Trainer(run_dir, hp, dataset, device, method, seed=FLAGS.seed)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 from absl import app
 from absl import flags
@@ -39,6 +40,7 @@ LOCAL_DATA_DIR, LOCAL_TRAIN_DIR = './data', './experiments'
 OFFLINE_DATASETS = ('digits',)  # create_datasets.py builds these without a download
 # realmix.py flags that would turn training into something else; run_sh.py sets --eval_ckpt itself.
 RESERVED_FLAGS = ('eval_ckpt', 'perform_inference', 'inference_dir', 'inference_ckpt')
+DATA_WAIT_S = 4 * 3600  # how long ranks > 0 wait for rank 0 to stage the data
 # How a child script reports its own error (libml.utils.cli_main, absl's flag parser).
 CHILD_ERROR = re.compile(r'^(error: |FATAL Flags parsing error: )', re.M)
 
@@ -290,34 +292,68 @@ def check_arguments(extra):
                             '--%s=... directly' % (name, name))
 
 
+def realmix_flags(dataset_id, train_dir, extra):
+    """The realmix.py command line of this job."""
+    return ['--dataset=' + dataset_id, '--train_dir=' + train_dir, '--epochs=%d' % FLAGS.epochs,
+            '--device=' + FLAGS.device, '--precision=' + FLAGS.precision] + list(extra)
+
+
 def train_and_evaluate(dataset_id, train_dir, extra, env, sync):
     """realmix.py training, then evaluation of its newest checkpoint; returns the run folder."""
-    realmix_flags = ['--dataset=' + dataset_id, '--train_dir=' + train_dir, '--epochs=%d' % FLAGS.epochs,
-                     '--device=' + FLAGS.device, '--precision=' + FLAGS.precision] + list(extra)
+    flags_of_job = realmix_flags(dataset_id, train_dir, extra)
     try:
-        run_script('training', 'realmix.py', realmix_flags, env)
+        run_script('training', 'realmix.py', flags_of_job, env)
     finally:
         if sync:  # also after a failure: keep what was trained
             sync.sync_new_checkpoints()
     run = newest_run(os.path.join(train_dir, dataset_id))
-    run_script('evaluating', 'realmix.py', realmix_flags + ['--eval_ckpt=' + os.path.join(run, 'tf')], env)
+    run_script('evaluating', 'realmix.py', flags_of_job + ['--eval_ckpt=' + os.path.join(run, 'tf')], env)
     if sync:
         sync.sync(run)
     return run
 
 
+def data_ready_marker(data_dir, dataset_id):
+    """The file rank 0 writes once the data and split are staged and earlier runs restored."""
+    return os.path.join(data_dir, '.realmix-ready-%s' % dataset_id)
+
+
+def wait_for_rank_0(marker, token, timeout_s=DATA_WAIT_S):
+    """Block until rank 0 has written `token` (this job's) into `marker`."""
+    print('==> waiting for rank 0 to stage the data (%s)' % marker, flush=True)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if os.path.isfile(marker):
+            with open(marker) as f:
+                if f.read() == token:
+                    return
+        time.sleep(1.)
+    raise UserError('rank 0 did not stage the data within %d s (no %s for this job); see rank '
+                    '0\'s log' % (timeout_s, marker))
+
+
 def main(argv):
+    from libml import npu_config  # pylint: disable=import-outside-toplevel  (loads TensorFlow)
     extra = argv[1:]
     check_arguments(extra)
     data_dir, train_dir = local_data_dir(), local_train_dir(FLAGS.train_dir)
     dataset_id = names.dataset_id(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, FLAGS.valid_size)
     env = script_env(data_dir)
+    cluster, token = npu_config.job_cluster(), npu_config.job_token()
+    marker = data_ready_marker(data_dir, dataset_id)
+    if not cluster.chief:  # every rank trains; rank 0 alone stages, evaluates and publishes
+        wait_for_rank_0(marker, token)
+        run_script('training', 'realmix.py', realmix_flags(dataset_id, train_dir, extra), env)
+        return
     stage_data(FLAGS.data_url, data_dir)
     prepare_dataset(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, data_dir,
                     '--data_url=' + FLAGS.data_url if FLAGS.data_url else 'data folder ' + data_dir, env)
     train_url = '' if same_local_folder(FLAGS.train_url, train_dir) else FLAGS.train_url
     if train_url:
         restore_runs(train_url, dataset_id, train_dir)
+    if cluster.workers > 1:
+        write_text_atomic(marker, token)
+    if train_url:
         with CheckpointSync(train_dir, dataset_id, train_url, FLAGS.sync_every_s) as sync:
             run = train_and_evaluate(dataset_id, train_dir, extra, env, sync)
     else:

@@ -10,6 +10,7 @@ from libml import augment, names, records
 from libml.utils import UserError, ml_data_dir
 
 K_UNLABELED_VIEWS = 2
+ITERATOR_INITIALIZERS = 'realmix_iterator_initializers'  # run once the session starts
 
 
 class SSLDataset(collections.namedtuple('SSLDataset', [
@@ -88,22 +89,32 @@ def to_uint8(images):
     return tf.saturate_cast(tf.round((images + 1) * (255. / 2)), tf.uint8)
 
 
-def _decoded(path, shape, skip=0):
-    """Records of a file decoded to uint8 once and cached in memory."""
-    ds = tf.data.TFRecordDataset(path).skip(skip)
+def _decoded(path, shape, skip=0, shard=(0, 1)):
+    """Records of a file (this replica's shard: every count-th from index) decoded to uint8
+    once and cached in memory."""
+    index, count = shard
+    ds = tf.data.TFRecordDataset(path).skip(skip).shard(count, index)
     return ds.map(lambda s: _parse(s, shape), num_parallel_calls=2).cache()
 
 
-def labeled_pipeline(data, batch, augment_kind, shuffle_buffer=None):
+def check_shards(data, replicas):
+    """UserError when a split is too small to give every replica its own labeled examples."""
+    if data.size < replicas:
+        raise UserError('%d labeled images cannot be shared out to %d replicas; use fewer '
+                        'replicas' % (data.size, replicas))
+
+
+def labeled_pipeline(data, batch, augment_kind, shuffle_buffer=None, shard=(0, 1)):
     """Endless augmented labeled batches: dict(image=[B,H,W,C] float, label=[B] int64)."""
     augment_fn = augment.get(augment_kind)
-    ds = _decoded(data.label_file, data.shape).shuffle(shuffle_buffer or data.size).repeat()
+    ds = _decoded(data.label_file, data.shape, shard=shard)
+    ds = ds.shuffle(shuffle_buffer or -(-data.size // shard[1])).repeat()
     ds = ds.map(lambda image, label: dict(image=augment_fn(to_float(image)), label=label),
                 num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return ds.batch(batch, drop_remainder=True).prefetch(4)
 
 
-def unlabeled_pipeline(data, batch, augment_kind, shuffle_buffer=50000):
+def unlabeled_pipeline(data, batch, augment_kind, shuffle_buffer=50000, shard=(0, 1)):
     """Endless unlabeled batches, each image augmented K=2 times: dict(image=[B,K,H,W,C])."""
     augment_fn = augment.get(augment_kind)
 
@@ -112,14 +123,20 @@ def unlabeled_pipeline(data, batch, augment_kind, shuffle_buffer=50000):
         image = to_float(image)
         return dict(image=tf.stack([augment_fn(image) for _ in range(K_UNLABELED_VIEWS)]))
 
-    ds = _decoded(data.unlabel_file, data.shape, skip=data.valid).shuffle(shuffle_buffer).repeat()
+    ds = _decoded(data.unlabel_file, data.shape, skip=data.valid, shard=shard)
+    ds = ds.shuffle(shuffle_buffer).repeat()
     ds = ds.map(views, num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return ds.batch(batch, drop_remainder=True).prefetch(4)
 
 
-def batches(dataset):
-    """The next-batch tensors of a dataset, read directly by the train op."""
-    return tf.data.make_one_shot_iterator(dataset).get_next()
+def batches(dataset, initializable=False):
+    """The next-batch tensors of a dataset, read directly by the train op: from a one-shot
+    iterator, or an initializable one (initializer in ITERATOR_INITIALIZERS) for the NPU loop."""
+    if not initializable:
+        return tf.data.make_one_shot_iterator(dataset).get_next()
+    iterator = tf.data.make_initializable_iterator(dataset)
+    tf.add_to_collection(ITERATOR_INITIALIZERS, iterator.initializer)
+    return iterator.get_next()
 
 
 def load_eval_sets(data):

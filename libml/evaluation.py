@@ -30,20 +30,30 @@ def ema_getter(ema):
 def evaluation_towers(classify, images, ema):
     """Inference towers (raw and EMA weights) and training-mode towers exposing batch moments.
 
-    `images` are float images in [-1, 1] (a placeholder the Evaluator feeds). `ema` is the training
-    graph's ExponentialMovingAverage, or a decay for an evaluation-only graph (its shadow
-    variables then get the names a training checkpoint holds).
+    `images` are float images in [-1, 1] (a placeholder the Evaluator feeds). `ema` is the run's
+    ExponentialMovingAverage: its shadow variables are made here if the training step has not
+    made them, with the names a training checkpoint holds.
     """
     ops = dict(eval_images=images, probs_raw=tf.nn.softmax(classify(images, training=False)))
-    if not isinstance(ema, tf.train.ExponentialMovingAverage):
-        ema = tf.train.ExponentialMovingAverage(decay=ema)
-        ema.apply(tf.trainable_variables('classify'))
+    ema.apply(tf.trainable_variables('classify'))  # the update op is unused: training has its own
     ops['probs_ema'] = tf.nn.softmax(classify(images, training=False, getter=ema_getter(ema)))
     for kind, getter in (('raw', None), ('ema', ema_getter(ema))):
         first = len(tf.get_collection(layers.BN_MOMENTS))
         classify(images, training=True, update_stats=False, getter=getter)
         ops['moments_' + kind] = tf.get_collection(layers.BN_MOMENTS)[first:]
+    ops['set_statistics'] = _statistics_setter(ops['moments_raw'])
     return ops
+
+
+def _statistics_setter(moments):
+    """(placeholders, op) that overwrite every batch-norm moving mean and variance, built with the
+    graph (a finalized graph, or a distribution strategy's copies, admit no Variable.load)."""
+    placeholders, assigns = [], []
+    for moving_mean, moving_variance, _, _ in moments:
+        for variable in (moving_mean, moving_variance):
+            placeholders.append(tf.placeholder(variable.dtype.base_dtype, variable.shape))
+            assigns.append(tf.assign(variable, placeholders[-1]))
+    return placeholders, tf.group(*assigns)
 
 
 class Evaluator(object):
@@ -90,17 +100,19 @@ class Evaluator(object):
 
     def _predict_tuned(self, kind):
         """Predictions with re-estimated BN statistics; the model's own statistics are restored."""
-        targets = [(mean_var, var_var) for mean_var, var_var, _, _ in self.ops['moments_' + kind]]
+        targets = [(mean_var, var_var) for mean_var, var_var, _, _ in self.ops['moments_raw']]
         saved = self.session.run(targets)
         try:
-            for (mean_var, var_var), (mean, variance) in zip(targets, self._estimate_moments(kind)):
-                mean_var.load(mean, self.session)
-                var_var.load(variance, self.session)
+            self._set_statistics(self._estimate_moments(kind))
             return {name: self.predict(images, kind) for name, (images, _) in self.eval_sets.items()}
         finally:
-            for (mean_var, var_var), (mean, variance) in zip(targets, saved):
-                mean_var.load(mean, self.session)
-                var_var.load(variance, self.session)
+            self._set_statistics(saved)
+
+    def _set_statistics(self, pairs):
+        """Overwrite the moving (mean, variance) of every batch-norm layer, in moments order."""
+        placeholders, assign = self.ops['set_statistics']
+        values = [value for pair in pairs for value in pair]
+        self.session.run(assign, dict(zip(placeholders, values)))
 
     def evaluate(self):
         """The accuracy table plus per-class and precision/recall/F1 metrics of the EMA model."""

@@ -70,13 +70,22 @@ COMMON_FLAGS = [
     Flag('enum', 'device', 'auto', 'Where to train.', enum=names.DEVICES),
     Flag('enum', 'precision', 'fp32', 'fp32, or mixed (fp16 on NPU/GPU, bfloat16 on CPUs that have '
          'it).', enum=names.PRECISIONS),
+    Flag('integer', 'replicas', 1, 'Replicas in this process: MirroredStrategy over this many GPUs '
+         '(or logical CPUs). Several processes: scripts/launch.py. --batch is per replica.',
+         _at_least_one, '>= 1'),
+    Flag('integer', 'iterations_per_loop', 1, 'NPU only: training steps per session.run, looped on '
+         'the device (the logged losses are those of each loop\'s last step).', _at_least_one,
+         '>= 1'),
+    Flag('enum', 'lr_scaling', 'none', 'Learning rate with N replicas: none keeps --lr, linear '
+         'multiplies it by N.', enum=('none', 'linear')),
 ]
 
 # Flags that do not change the trained model: schedule length, evaluation, paths, the device.
 # Every other hyperparameter names the run, so two different models never share a folder.
 NOT_IN_RUN_NAME = ('dataset', 'train_kimg', 'report_kimg', 'save_kimg', 'keep_ckpt', 'epochs',
                    'tune_kimg', 'eval_batch', 'nclass', 'img_size', 'device', 'total_nimg',
-                   'height', 'width', 'colors', 'class_names', 'whiten_stats')
+                   'height', 'width', 'colors', 'class_names', 'whiten_stats', 'replicas',
+                   'lr_scaling', 'iterations_per_loop')
 
 
 def merge(specs):
@@ -95,10 +104,11 @@ def define_flags(absl_flags, specs):
         getattr(absl_flags, 'DEFINE_' + spec.kind)(spec.name, spec.default, help=spec.help, **kwargs)
 
 
-def from_flags(flag_values, method, specs, dataset):
-    """The checked hyperparameters of a run of `method` from parsed absl flags (`specs` names)."""
+def from_flags(flag_values, method, specs, dataset, replicas=1):
+    """The checked hyperparameters of a run of `method` from parsed absl flags (`specs` names),
+    trained by `replicas` replicas in all."""
     values = dict((spec.name, flag_values[spec.name].value) for spec in specs)
-    hp = hyper_parameters(dict(values, method=method), dataset)
+    hp = hyper_parameters(dict(values, method=method, replicas=replicas), dataset)
     check_flags(hp, specs)
     return hp
 
@@ -106,6 +116,8 @@ def from_flags(flag_values, method, specs, dataset):
 def hyper_parameters(values, dataset):
     """Every parameter of a run, as saved in args/args.json, from the method's flag values."""
     hp = dict(values)
+    if hp.get('lr_scaling') == 'linear':  # the run's name and args.json hold the lr it trains with
+        hp['lr'] *= hp['replicas']
     hp['scales'] = hp['scales'] or models.auto_scales(dataset.width)
     hp['augment'] = auto_augment(hp['augment'], dataset.name)
     report_nimg = hp['report_kimg'] << 10

@@ -25,6 +25,13 @@ class LayerNamer(object):
         return base if index == 0 else '%s_%d' % (base, index)
 
 
+def variable(name, shape, initializer, trainable=True):
+    """tf.get_variable whose replica copies average their updates under a distribution strategy
+    (batch-norm statistics, weight decay); the same variable without one."""
+    return tf.get_variable(name, shape, initializer=initializer, trainable=trainable,
+                           aggregation=tf.VariableAggregation.MEAN)
+
+
 def conv2d(x, filters, kernel_size, name, stride=1, use_bias=True, initializer=None):
     """Same-padded 2-D convolution; kernel ~ N(0, 1/(0.5 k^2 f)) (He-like) unless `initializer`."""
     channels = int(x.shape[-1])
@@ -32,21 +39,19 @@ def conv2d(x, filters, kernel_size, name, stride=1, use_bias=True, initializer=N
         stddev = (0.5 * kernel_size * kernel_size * filters) ** -0.5
         initializer = tf.random_normal_initializer(stddev=stddev)
     with tf.variable_scope(name):
-        kernel = tf.get_variable('kernel', [kernel_size, kernel_size, channels, filters],
-                                 initializer=initializer)
+        kernel = variable('kernel', [kernel_size, kernel_size, channels, filters], initializer)
         y = tf.nn.conv2d(x, kernel, strides=[1, stride, stride, 1], padding='SAME')
         if not use_bias:
             return y
-        bias = tf.get_variable('bias', [filters], initializer=tf.zeros_initializer())
+        bias = variable('bias', [filters], tf.zeros_initializer())
         return tf.nn.bias_add(y, bias)
 
 
 def dense(x, units, name):
     """Fully connected layer with Glorot-normal kernel and zero bias."""
     with tf.variable_scope(name):
-        kernel = tf.get_variable('kernel', [int(x.shape[-1]), units],
-                                 initializer=tf.glorot_normal_initializer())
-        bias = tf.get_variable('bias', [units], initializer=tf.zeros_initializer())
+        kernel = variable('kernel', [int(x.shape[-1]), units], tf.glorot_normal_initializer())
+        bias = variable('bias', [units], tf.zeros_initializer())
         return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
@@ -58,12 +63,11 @@ def batch_norm(x, training, name, update_stats=True, momentum=0.999, epsilon=1e-
     """
     channels = int(x.shape[-1])
     with tf.variable_scope(name):
-        gamma = tf.get_variable('gamma', [channels], initializer=tf.ones_initializer())
-        beta = tf.get_variable('beta', [channels], initializer=tf.zeros_initializer())
-        moving_mean = tf.get_variable('moving_mean', [channels], trainable=False,
-                                      initializer=tf.zeros_initializer())
-        moving_variance = tf.get_variable('moving_variance', [channels], trainable=False,
-                                          initializer=tf.ones_initializer())
+        gamma = variable('gamma', [channels], tf.ones_initializer())
+        beta = variable('beta', [channels], tf.zeros_initializer())
+        moving_mean = variable('moving_mean', [channels], tf.zeros_initializer(), trainable=False)
+        moving_variance = variable('moving_variance', [channels], tf.ones_initializer(),
+                                   trainable=False)
         if not training:
             y, _, _ = tf.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean,
                                              variance=moving_variance, epsilon=epsilon,

@@ -3,9 +3,21 @@
 `setup(device, precision)` resolves the device and returns a `Device`, which builds the
 session config and wraps the optimizer with loss scaling where the precision needs it.
 `npu_bridge` is imported here only, and only when the NPU is asked for or detected.
+
+Data-parallel training (`Cluster`): one process per Ascend device through HCCL (RANK_SIZE,
+RANK_ID, RANK_TABLE_FILE), several CPU/GPU workers through MultiWorkerMirroredStrategy
+(TF_CONFIG), or several GPUs / logical CPUs of one process through MirroredStrategy
+(--replicas). The `Device` says how to shard the input, build the step per replica, start the
+session and who is chief; training code asks it and knows nothing of the engines.
 """
 
+import collections
+import contextlib
 import importlib
+import json
+import os
+import socket
+import time
 
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
@@ -113,26 +125,137 @@ def resolve_device(device):
     return device
 
 
-def setup(device='auto', precision='fp32', log=print):
+def setup(device='auto', precision='fp32', log=print, replicas=1, environ=None,
+          iterations_per_loop=1):
     """Validate the names, resolve `auto` and return the `Device` to train on."""
     _check_choice('--precision', precision, PRECISIONS)
     name = resolve_device(device)
+    if iterations_per_loop < 1 or (iterations_per_loop > 1 and name != 'npu'):
+        raise UserError('--iterations_per_loop=%d: the device loop is the NPU\'s; use 1 on %s'
+                        % (iterations_per_loop, name))
     effective = precision
     if name == 'cpu' and precision == 'mixed':
         problem = onednn_bf16_problem()
         if problem:
             log('precision=mixed falls back to fp32 on this CPU: %s' % problem)
             effective = 'fp32'
-    return Device(name, precision, effective)
+    return Device(name, precision, effective, cluster_from_env(name, replicas, environ),
+                  iterations_per_loop)
+
+
+class Cluster(collections.namedtuple('Cluster', 'engine workers rank local_replicas')):
+    """Where this process stands in data-parallel training: engine single, hccl, multiworker
+    or mirrored; `workers` processes, this one's `rank`, replicas inside each process."""
+
+    @property
+    def replicas(self):
+        return self.workers * self.local_replicas
+
+    @property
+    def chief(self):
+        return self.rank == 0
+
+
+SINGLE = Cluster('single', 1, 0, 1)
+
+
+def _int_env(environ, name):
+    try:
+        return int(environ[name])
+    except ValueError:
+        raise UserError('%s=%r is not an integer' % (name, environ[name]))
+
+
+def cluster_from_env(device_name, replicas=1, environ=None):
+    """The cluster this process belongs to, from the Ascend rank variables or TF_CONFIG."""
+    environ = os.environ if environ is None else environ
+    if replicas < 1:
+        raise UserError('--replicas=%d: give 1 or more' % replicas)
+    if device_name == 'npu':
+        if replicas > 1:
+            raise UserError('--replicas is for CPU/GPU; on Ascend run one process per device '
+                            '(RANK_SIZE, RANK_ID, RANK_TABLE_FILE; scripts/launch.py --engine=hccl)')
+        return _hccl_cluster(environ)
+    if environ.get('TF_CONFIG'):
+        if replicas > 1:
+            raise UserError('--replicas=%d with TF_CONFIG: each worker trains one replica; start '
+                            'one worker per device instead' % replicas)
+        return _multiworker_cluster(environ['TF_CONFIG'])
+    return Cluster('mirrored', 1, 0, replicas) if replicas > 1 else SINGLE
+
+
+def job_cluster(environ=None):
+    """This process's place in a multi-process job, from the Ascend rank variables or TF_CONFIG,
+    before any device is chosen (run_sh.py: who stages the data and publishes)."""
+    environ = os.environ if environ is None else environ
+    if 'RANK_SIZE' in environ:
+        return _hccl_cluster(environ)
+    if environ.get('TF_CONFIG'):
+        return _multiworker_cluster(environ['TF_CONFIG'])
+    return SINGLE
+
+
+def job_token(environ=None):
+    """A text shared by the processes of one job and different from job to job: the job id,
+    the TF_CONFIG cluster (fresh ports per job) and the rank table's path and age."""
+    environ = os.environ if environ is None else environ
+    table = environ.get('RANK_TABLE_FILE', '')
+    cluster = json.loads(environ['TF_CONFIG']).get('cluster') if environ.get('TF_CONFIG') else None
+    age = os.path.getmtime(table) if os.path.isfile(table) else 0
+    return json.dumps([environ.get('JOB_ID', ''), cluster, table, age], sort_keys=True)
+
+
+def _hccl_cluster(environ):
+    if 'RANK_SIZE' not in environ:
+        return SINGLE
+    size = _int_env(environ, 'RANK_SIZE')
+    rank = _int_env(environ, 'RANK_ID') if 'RANK_ID' in environ else 0
+    if size < 1 or not 0 <= rank < size:
+        raise UserError('RANK_ID=%d is outside [0, RANK_SIZE=%d)' % (rank, size))
+    if size == 1:
+        return SINGLE
+    table = environ.get('RANK_TABLE_FILE', '')
+    if not os.path.isfile(table):
+        raise UserError('RANK_SIZE=%d needs RANK_TABLE_FILE naming the HCCL rank table (%s); '
+                        'ModelArts sets it, locally use scripts/launch.py --engine=hccl '
+                        '--rank_table=FILE' % (size, 'not set' if not table else 'no such file ' + table))
+    return Cluster('hccl', size, rank, 1)
+
+
+def _multiworker_cluster(text):
+    try:
+        config = json.loads(text)
+        workers = list(config['cluster']['worker'])
+        task = config['task']
+        kind, rank = task['type'], int(task['index'])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError('TF_CONFIG does not parse (%s: %s); expected {"cluster": {"worker": '
+                        '["host:port", ...]}, "task": {"type": "worker", "index": I}}'
+                        % (type(e).__name__, e))
+    if kind != 'worker' or not 0 <= rank < len(workers):
+        raise UserError('TF_CONFIG task %s %d is not one of the %d workers of its cluster'
+                        % (kind, rank, len(workers)))
+    return Cluster('multiworker', len(workers), rank, 1) if len(workers) > 1 else SINGLE
 
 
 class Device(object):
-    """A resolved device and precision: session config, optimizer wrapping, log line."""
+    """A resolved device and precision: session config, optimizer wrapping, log line, and the
+    data-parallel engine (input shards, per-replica step, session, chief, broadcast, barrier)."""
 
-    def __init__(self, name, precision, effective_precision):
+    def __init__(self, name, precision, effective_precision, cluster=SINGLE, iterations_per_loop=1):
         self.name = name
         self.precision = precision
         self.effective_precision = effective_precision
+        self.cluster = cluster
+        self.iterations_per_loop = iterations_per_loop  # steps per session.run on the NPU
+        self.strategy = None
+        self._server = None
+        if cluster.engine == 'multiworker':  # reads TF_CONFIG; graph mode starts no server itself
+            self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy()
+        elif cluster.engine == 'mirrored':
+            kind = 'gpu' if name == 'gpu' else 'cpu'
+            self.strategy = tf.distribute.MirroredStrategy(
+                devices=['/%s:%d' % (kind, i) for i in range(cluster.local_replicas)])
 
     @property
     def mixed(self):
@@ -144,11 +267,112 @@ class Device(object):
         """True when `wrap_optimizer` adds loss scaling (float16 mixed precision)."""
         return self.mixed and self.name in ('gpu', 'npu')
 
+    @property
+    def chief(self):
+        """Whether this process writes checkpoints, summaries and reports (rank 0)."""
+        return self.cluster.chief
+
     def session_config(self):
-        """A fresh tf.ConfigProto for this device and precision."""
+        """A fresh tf.ConfigProto for this device, precision and engine."""
         config = tf.ConfigProto(allow_soft_placement=True)
         _CONFIGURE[self.name](config, self.mixed)
+        if self.cluster.engine == 'hccl':
+            _npu_optimizer(config).parameter_map['hcom_parallel'].b = True
+        if self.iterations_per_loop > 1:  # the step loops on the device, fed by the data offload
+            parameters = _npu_optimizer(config).parameter_map
+            parameters['iterations_per_loop'].i = self.iterations_per_loop
+            parameters['enable_data_pre_proc'].b = True
+            parameters['mix_compile_mode'].b = False
+        if self.cluster.engine == 'mirrored' and self.name == 'cpu':
+            config.device_count['CPU'] = self.cluster.local_replicas  # logical CPU devices
+        if self.strategy is not None:
+            config = self.strategy.update_config_proto(config)
         return config
+
+    def session(self, graph, threads=0):
+        """A session for `graph` (`threads` > 0: that many intra- and inter-op threads); a
+        multi-worker one runs on this worker's tf.distribute.Server, which needs the same
+        collective settings as the session (else the first collective hangs)."""
+        config = self.session_config()
+        if threads:
+            config.intra_op_parallelism_threads = config.inter_op_parallelism_threads = threads
+        if self.cluster.engine != 'multiworker':
+            return tf.Session(graph=graph, config=config)
+        if self._server is None:
+            spec = json.loads(os.environ['TF_CONFIG'])['cluster']
+            self._server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name='worker',
+                                                task_index=self.cluster.rank, config=config)
+        return tf.Session(target=self._server.target, graph=graph, config=config)
+
+    def scope(self):
+        """Where the model, optimizer and step are built: the strategy's scope, if any."""
+        return self.strategy.scope() if self.strategy else _no_scope()
+
+    def input_shards(self):
+        """(index, count) of the input shard of each replica this process runs."""
+        first = self.cluster.rank * self.cluster.local_replicas
+        return [(first + i, self.cluster.replicas) for i in range(self.cluster.local_replicas)]
+
+    def replicate(self, step_fn, local_inputs):
+        """Run `step_fn(inputs) -> {name: scalar}` once per replica on its own inputs (one entry of
+        `local_inputs` per local replica); the scalars come back averaged over every replica."""
+        if self.strategy is None:
+            return step_fn(local_inputs[0])
+        first = self.cluster.rank * self.cluster.local_replicas
+        names = []
+
+        def replica_fn():  # one stacked all-reduce for every scalar, not one per scalar
+            replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
+            scalars = step_fn(local_inputs[int(replica) - first])
+            names[:] = sorted(scalars)
+            return tf.stack([tf.cast(scalars[k], tf.float32) for k in names])
+
+        per_replica = self.strategy.extended.call_for_each_replica(replica_fn)
+        mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+        return dict(zip(names, tf.unstack(mean)))
+
+    def sink_loop(self, session, train_op):
+        """The op that runs `train_op` iterations_per_loop times per session.run on the NPU."""
+        if self.iterations_per_loop == 1:
+            return train_op
+        util = importlib.import_module('npu_bridge.estimator.npu.util')
+        return util.set_iteration_per_loop(session, train_op, self.iterations_per_loop)
+
+    def replica_loss(self, loss):
+        """What each replica minimises so that the averaged gradient comes out: a strategy sums
+        its replicas' gradients (outside Estimator), HCCL's optimizer averages them itself."""
+        return loss / self.cluster.replicas if self.strategy is not None else loss
+
+    def broadcast_op(self):
+        """HCCL: an op copying every global variable from rank 0 (run after init or restore)."""
+        if self.cluster.engine != 'hccl':
+            return None
+        hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
+        variables = tf.global_variables()
+        values = hccl_ops.broadcast([tf.identity(v) for v in variables], 0)
+        return tf.group(*[tf.assign(v, value) for v, value in zip(variables, values)])
+
+    def leave(self, timeout_s=60.):
+        """After the barrier, the chief leaves last: it waits until the other workers' servers
+        are gone, since a worker closing its session still talks to the chief's."""
+        if self.cluster.engine != 'multiworker' or not self.chief:
+            return
+        others = json.loads(os.environ['TF_CONFIG'])['cluster']['worker'][1:]
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and any(_listening(address) for address in others):
+            time.sleep(0.2)
+
+    def barrier_op(self):
+        """An op every rank runs before leaving, so none exits while another still needs it."""
+        if self.cluster.engine == 'hccl':
+            hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
+            return hccl_ops.allreduce(tf.constant(1.), 'sum').op
+        if self.strategy is not None:  # reduced in the replicas: each keeps the sum on its device
+            total = self.strategy.extended.call_for_each_replica(
+                lambda: tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.constant(1.)))
+            return tf.group(*self.strategy.experimental_local_results(total))
+        return tf.no_op()
 
     def wrap_optimizer(self, optimizer):
         """`optimizer` with loss scaling where float16 needs it; unchanged otherwise.
@@ -156,10 +380,13 @@ class Device(object):
         Build the step with the returned optimizer's minimize() (or its compute_gradients()
         then apply_gradients()): those scale the loss and unscale the gradients.
         """
+        if self.cluster.engine == 'hccl':  # allreduce-averages the gradients over the ranks
+            distributed = importlib.import_module('npu_bridge.estimator.npu.npu_optimizer')
+            optimizer = distributed.NPUDistributedOptimizer(optimizer)
         if not self.loss_scaling:
             return optimizer
         if self.name == 'npu':
-            return _npu_loss_scale_optimizer(optimizer)
+            return _npu_loss_scale_optimizer(optimizer, self.cluster.engine == 'hccl')
         return tf.train.experimental.MixedPrecisionLossScaleOptimizer(
             optimizer, tf.train.experimental.DynamicLossScale())
 
@@ -167,8 +394,36 @@ class Device(object):
         """One line for the logs, e.g. 'device=cpu precision=mixed (bfloat16 via oneDNN)'."""
         text = 'device=%s precision=%s' % (self.name, self.precision)
         if self.precision != self.effective_precision:
-            return text + ' (running fp32: no bfloat16 support here)'
-        return text + ' (%s)' % _PRECISION_NOTE[(self.name, self.effective_precision)]
+            text += ' (running fp32: no bfloat16 support here)'
+        else:
+            text += ' (%s)' % _PRECISION_NOTE[(self.name, self.effective_precision)]
+        if self.cluster.replicas > 1:
+            text += '; %s, %d replicas, rank %d of %d' % (
+                self.cluster.engine, self.cluster.replicas, self.cluster.rank, self.cluster.workers)
+        return text
+
+
+def _listening(address):
+    """Whether something accepts TCP connections at host:port."""
+    host, port = address.rsplit(':', 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1.).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _no_scope():
+    yield
+
+
+def _npu_optimizer(config):
+    """The NpuOptimizer entry of a session config made by _configure_npu."""
+    for optimizer in config.graph_options.rewrite_options.custom_optimizers:
+        if optimizer.name == 'NpuOptimizer':
+            return optimizer
+    raise ValueError('no NpuOptimizer in the session config')
 
 
 _PRECISION_NOTE = {
@@ -213,8 +468,9 @@ def _configure_npu(config, mixed):
 _CONFIGURE = {'cpu': _configure_cpu, 'gpu': _configure_gpu, 'npu': _configure_npu}
 
 
-def _npu_loss_scale_optimizer(optimizer):
-    """NPULossScaleOptimizer with the exponential manager the Ascend ModelZoo uses.
+def _npu_loss_scale_optimizer(optimizer, distributed):
+    """NPULossScaleOptimizer with the exponential manager the Ascend ModelZoo uses; across ranks,
+    around an NPUDistributedOptimizer (gradient allreduce) with the overflow status summed.
 
     From 2^32 the scale halves every second overflowing step; on each of those steps the
     adapter skips the inner (Adam) update and the rest of our step still runs (docs/npu.md).
@@ -224,4 +480,4 @@ def _npu_loss_scale_optimizer(optimizer):
     manager = lsm.ExponentialUpdateLossScaleManager(
         init_loss_scale=2 ** 32, incr_every_n_steps=1000, decr_every_n_nan_or_inf=2,
         decr_ratio=0.5)
-    return lso.NPULossScaleOptimizer(optimizer, manager)
+    return lso.NPULossScaleOptimizer(optimizer, manager, is_distributed=distributed)

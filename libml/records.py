@@ -184,3 +184,18 @@ def write_class_mappings_to(path, class_names):
     with open(path, 'w') as f:
         json.dump(dict((str(i), name) for i, name in enumerate(class_names)), f, indent=1)
         f.write('\n')
+
+
+def write_synthetic_dataset(root, count=2048, size=32, nclass=10):
+    """A random-pixel 32x32 RGB dataset in the real layout under `root` (test set, split
+    synthetic.1@256 with `count` unlabeled images), for timing only; returns its dataset id."""
+    rng = np.random.RandomState(0)
+
+    def write(path, n):
+        images = rng.randint(0, 256, [n, size, size, 3]).astype(np.uint8)
+        write_arrays(path, images, np.arange(n) % nclass)
+    split = names.split_files('synthetic', 1, 256, root)
+    write(names.dataset_path('synthetic', 'test', root), 256)
+    write(split['label'], 256)
+    write(split['unlabel'], count)
+    return names.dataset_id('synthetic', 1, 256, 0)

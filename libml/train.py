@@ -15,6 +15,37 @@ from libml.utils import UserError, write_text_atomic
 SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 per epoch
 
 
+def input_pipelines(dataset, hp, device, needs_unlabeled):
+    """(labeled_batch, unlabeled_batch or None) for each replica of this process, from its shard.
+    Where the NPU sinks the loop, one initializable iterator feeds both (the adapter's rule)."""
+    data.check_shards(dataset, device.cluster.replicas)
+    sink = device.iterations_per_loop > 1
+    pipelines = []
+    for shard in device.input_shards():
+        labeled = data.labeled_pipeline(dataset, hp['batch'], hp['augment'], shard=shard)
+        if not needs_unlabeled:
+            pipelines.append((data.batches(labeled, sink), None))
+            continue
+        unlabeled = data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'], shard=shard)
+        if sink:
+            pipelines.append(data.batches(tf.data.Dataset.zip((labeled, unlabeled)), True))
+        else:
+            pipelines.append((data.batches(labeled), data.batches(unlabeled)))
+    return pipelines
+
+
+def check_loop_sinking(hp, device):
+    """UserError unless epochs and checkpoints end on a device loop's boundary."""
+    loop = device.iterations_per_loop
+    images_per_loop = loop * hp['batch'] * device.cluster.replicas
+    for flag in ('report_kimg', 'save_kimg'):
+        if (hp[flag] << 10) % images_per_loop:
+            raise UserError('--%s=%d is %d images, not a multiple of the %d images of one device '
+                            'loop (--iterations_per_loop=%d x --batch=%d x %d replicas); change '
+                            'one of them' % (flag, hp[flag], hp[flag] << 10, images_per_loop, loop,
+                                             hp['batch'], device.cluster.replicas))
+
+
 class Trainer(object):
     """Owns one run folder: TRAIN_DIR/DATASET/EXPERIMENT/{tf,args}/, result.txt, stats.json."""
 
@@ -25,28 +56,30 @@ class Trainer(object):
         self.device = device
         self.graph = tf.Graph()
         with self.graph.as_default():
-            if seed:
-                tf.set_random_seed(seed)
-            labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
-            unlabeled = None
-            if method.NEEDS_UNLABELED:
-                unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
+            check_loop_sinking(hp, device)
+            if seed:  # each worker its own augmentation and MixUp draws; rank 0's weights win
+                tf.set_random_seed(seed + device.cluster.rank)
+            pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
             self.ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method,
-                                         pipelines=(labeled, unlabeled))
+                                         pipelines=pipelines)
+            self.broadcast = device.broadcast_op()
+            self.barrier = device.barrier_op()
+            self.start_inputs = tf.group(*tf.get_collection(data.ITERATOR_INITIALIZERS))
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
             self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'], save_relative_paths=True)
             self.init_op = tf.global_variables_initializer()
             # Built before finalize(): savers add ops to the graph.
             self.fine_tune = {reset: CheckedRestore(_fine_tune_variables(reset)) for reset in (False, True)}
             self.model_restore = CheckedRestore(_model_variables())
-        self.graph.finalize()
+        if device.iterations_per_loop == 1:  # else finalized once the loop is set (_train)
+            self.graph.finalize()
 
     @property
     def checkpoint_dir(self):
         return os.path.join(self.run_dir, 'tf')
 
     def _session(self):
-        return tf.Session(graph=self.graph, config=self.device.session_config())
+        return self.device.session(self.graph)
 
     def _evaluator(self, session):
         eval_sets = data.load_eval_sets(self.dataset)
@@ -57,25 +90,51 @@ class Trainer(object):
         write_text_atomic(args_path(self.run_dir), json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
 
     def _start(self, session, load_checkpoint, reset_optimizer=False):
-        """Resume from the newest checkpoint, else initialise (optionally from another run)."""
-        _remove_partial_saves(self.checkpoint_dir)
+        """Resume from the newest checkpoint, else initialise (optionally from another run).
+
+        Every rank does the same (multi-worker initialisers hold collectives); then HCCL ranks
+        take rank 0's variables."""
+        if self.device.chief:
+            _remove_partial_saves(self.checkpoint_dir)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest:
             self.saver.restore(session, latest)
             print('Resumed from %s' % latest)
-            return
-        session.run(self.init_op)
-        if load_checkpoint:
-            path = checkpoint_path(load_checkpoint)
-            self.fine_tune[reset_optimizer].restore(session, path)
-            what = 'weights' if reset_optimizer else 'weights and Adam state'
-            print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
+        else:
+            session.run(self.init_op)
+            if load_checkpoint:
+                path = checkpoint_path(load_checkpoint)
+                self.fine_tune[reset_optimizer].restore(session, path)
+                what = 'weights' if reset_optimizer else 'weights and Adam state'
+                print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
+        if self.broadcast is not None:
+            session.run(self.broadcast)
+        session.run(self.start_inputs)
 
     def train(self, load_checkpoint='', reset_optimizer=False):
         print(self.device.describe())
         print('Run folder %s' % self.run_dir)
+        try:
+            self._train(load_checkpoint, reset_optimizer)
+        except tf.errors.OpError as e:
+            if self.device.cluster.workers == 1:
+                raise
+            # A collective fails on every rank once one worker is gone: say so in one line.
+            raise UserError('training stopped: another of the %d workers is gone or unreachable '
+                            '(%s: %s); rerun the same command to resume from the last checkpoint'
+                            % (self.device.cluster.workers, type(e).__name__,
+                               ' '.join(str(e.message).split())[:200]))
+
+    def _train(self, load_checkpoint, reset_optimizer):
         with self._session() as session:
             self._start(session, load_checkpoint, reset_optimizer)
+            if self.device.iterations_per_loop > 1:  # adds the loop variables, then no more ops
+                self.ops['train_op'] = self.device.sink_loop(session, self.ops['train_op'])
+                self.graph.finalize()
+            if not self.device.chief:  # rank 0 alone writes and evaluates
+                self._loop(session, None, None)
+                session.run(self.barrier)
+                return
             self._save_args()  # after a good start: a refused --load_checkpoint leaves no run folder
             evaluator = self._evaluator(session)
             writer = tf.summary.FileWriter(self.checkpoint_dir)
@@ -83,26 +142,30 @@ class Trainer(object):
                 self._loop(session, evaluator, writer)
             finally:
                 writer.close()
+            session.run(self.barrier)
+        self.device.leave()
 
     def _loop(self, session, evaluator, writer):
-        hp = self.hp
+        """Train to the end; the chief (rank 0) alone logs, saves and reports (others pass None)."""
+        hp, chief = self.hp, self.device.chief
         step = session.run(self.ops['step'])
         report_nimg, save_nimg = hp['report_kimg'] << 10, hp['save_kimg'] << 10
         total_nimg = hp['total_nimg']
         if step >= total_nimg:
             print('Training already complete at %d images (%d kimg).' % (step, step >> 10))
-            if not os.path.exists(os.path.join(self.run_dir, 'result.txt')):
+            if chief and not os.path.exists(os.path.join(self.run_dir, 'result.txt')):
                 self._report(session, evaluator, writer, step)
             return
         fetch = dict(train_op=self.ops['train_op'], step=self.ops['step'], losses=self.ops['losses'])
-        summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16) // hp['batch'])
+        images_per_step = hp['batch'] * self.device.cluster.replicas
+        summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16) // images_per_step)
         epochs = -(-total_nimg // report_nimg)
         while step < total_nimg:
             epoch = step // report_nimg
             epoch_end = min((epoch + 1) * report_nimg, total_nimg)
             bar = tqdm(total=epoch_end - epoch * report_nimg, initial=step - epoch * report_nimg,
                        unit='img', desc='Epoch %d/%d' % (epoch + 1, epochs), leave=False,
-                       mininterval=1.)
+                       mininterval=1., disable=not chief)
             history = []
             while step < epoch_end:
                 out = session.run(fetch)
@@ -112,17 +175,18 @@ class Trainer(object):
                     self._stop_diverged(previous)
                 bar.update(step - previous)
                 history.append(out['losses'])
-                if len(history) % summary_every == 0:
+                if chief and len(history) % summary_every == 0:
                     _write_scalars(writer, step, _mean_losses(history[-summary_every:]), 'losses/')
-                if step // save_nimg != previous // save_nimg and step < epoch_end:
+                if chief and step // save_nimg != previous // save_nimg and step < epoch_end:
                     self._save(session, step)
             bar.close()
-            self._report(session, evaluator, writer, step, _mean_losses(history))
-            self._save(session, step)
+            if chief:
+                self._report(session, evaluator, writer, step, _mean_losses(history))
+                self._save(session, step)
 
     def _stop_diverged(self, step):
         """The loss went non-finite on the weights of `step`: drop checkpoints from there on, stop."""
-        kept = _drop_checkpoints_from(self.checkpoint_dir, step)
+        kept = _drop_checkpoints_from(self.checkpoint_dir, step) if self.device.chief else ''
         raise UserError('training diverged: the loss is not finite at %d images (kimg %d); %s; '
                         'lower --lr or check the data' % (
                             step, step >> 10, 'newest good checkpoint %s' % kept if kept

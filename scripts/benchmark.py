@@ -23,7 +23,7 @@ import tensorflow.compat.v1 as tf
 from absl import app, flags
 
 import methods
-from libml import data, hparams, names, npu_config, records
+from libml import data, hparams, npu_config, records
 from libml.graph import build_graph
 from libml.utils import atomic_output, cli_main, quiet_native_logs
 
@@ -38,23 +38,6 @@ flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
 flags.DEFINE_string('profile', '', 'Folder: trace one step of each setting (chrome://tracing or '
                     'Perfetto JSON, PRECISION_MODE.trace.json) and print its ten costliest op types.')
 FLAGS = flags.FLAGS
-
-
-def synthetic_dataset(root, count=2048, size=32, nclass=10):
-    """A random-pixel dataset with the real file layout, for timing only."""
-    rng = np.random.RandomState(0)
-    os.makedirs(os.path.join(root, 'SSL'), exist_ok=True)
-
-    def write(path, n):
-        images = rng.randint(0, 256, [n, size, size, 3]).astype(np.uint8)
-        labels = np.arange(n) % nclass
-        records.write_records(path, (records.make_example(records.encode_png(i), int(l))
-                                     for i, l in zip(images, labels)))
-    split = names.split_files('synthetic', 1, 256, root)
-    write(names.dataset_path('synthetic', 'test', root), 256)
-    write(split['label'], 256)
-    write(split['unlabel'], count)
-    return names.dataset_id('synthetic', 1, 256, 0)
 
 
 def constant_inputs(labeled, unlabeled):
@@ -82,7 +65,7 @@ class Setting(object):
             if mode == 'constant':
                 labeled, unlabeled = constant_inputs(labeled, unlabeled)
             self.train_op = build_graph(hp, dataset.shape, dataset.nclass, device, method,
-                                        pipelines=(labeled, unlabeled))['train_op']
+                                        pipelines=[(labeled, unlabeled)])['train_op']
             init = tf.global_variables_initializer()
         self.session = tf.Session(graph=graph, config=device.session_config())
         self.session.run(init)
@@ -148,7 +131,7 @@ def main(argv):
     dataset_id = FLAGS.dataset
     if not FLAGS['dataset'].present:
         os.environ['ML_DATA'] = tempfile.mkdtemp(prefix='realmix-bench-')
-        dataset_id = synthetic_dataset(os.environ['ML_DATA'])
+        dataset_id = records.write_synthetic_dataset(os.environ['ML_DATA'])
     dataset = data.resolve(dataset_id)
     specs = methods.flag_specs(FLAGS.method)
     hp = hparams.from_flags(FLAGS, FLAGS.method, specs, dataset)

@@ -41,7 +41,8 @@ def evaluator():
     labels = np.arange(20) % 3
     with tf.Graph().as_default():
         classify = models.make_classifier('smallconv', 3, scales=1, filters=4, repeat=1)
-        ops = evaluation.evaluation_towers(classify, tf.placeholder(tf.float32, [8, 8, 8, 1]), 0.999)
+        ops = evaluation.evaluation_towers(classify, tf.placeholder(tf.float32, [8, 8, 8, 1]),
+                                           tf.train.ExponentialMovingAverage(0.999))
         session = tf.Session()
         session.run(tf.global_variables_initializer())
         sets = {'labeled': (images[:5], labels[:5]), 'valid': (images[:0], labels[:0]),

@@ -8,6 +8,7 @@ import methods
 import tiny_data
 from libml import data, graph_audit, npu_config
 from libml.graph import build_graph, training_update
+from libml.train import input_pipelines
 
 tf.disable_v2_behavior()
 
@@ -36,8 +37,7 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
     device = npu_config.setup(device_name, precision, log=lambda *a: None)
     hp = hyper_parameters(dataset)
     with tf.Graph().as_default() as graph:
-        pipelines = (data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment'])),
-                     data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'])))
+        pipelines = input_pipelines(dataset, hp, device, needs_unlabeled=True)
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
                           pipelines=pipelines)
         problems = graph_audit.audit_train_graph(graph, ops['train_op'],
@@ -53,8 +53,8 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
         with tf.Session(config=config) as session:
             session.run(tf.global_variables_initializer())
             for _ in range(2):
-                session.run(ops['train_op'])
-            losses, step = session.run([ops['losses'], ops['step']])
+                losses = session.run(ops['losses'])  # runs a step, like ops['train_op']
+            step = session.run(ops['step'])
     assert step == 2 * hp['batch']
     assert all(np.isfinite(v) for v in losses.values())
     assert 0 < losses['mask_ratio'] <= 0.75 + 1e-6  # percent_mask 0.25 drops a quarter or more
@@ -67,7 +67,7 @@ def test_labeled_only_baselines_build_a_clean_graph(dataset, method):
     with tf.Graph().as_default() as graph:
         labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
-                          pipelines=(labeled, None))
+                          pipelines=[(labeled, None)])
         assert graph_audit.audit_train_graph(graph, ops['train_op']) == []
         assert set(ops['losses']) == {'loss', 'xe'}
 
@@ -88,8 +88,7 @@ def test_npu_mixed_skips_adam_on_overflow_but_the_rest_of_the_step_runs(dataset,
     hp = dict(hyper_parameters(dataset), tsa='none')
     decay = 1 - hp['wd'] * hp['lr']
     with tf.Graph().as_default() as graph:
-        pipelines = (data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment'])),
-                     data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'])))
+        pipelines = input_pipelines(dataset, hp, device, needs_unlabeled=True)
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
                           pipelines=pipelines)
         fake_checks.validate_session_config(device.session_config(), graph)
@@ -152,29 +151,25 @@ def fresh_graph():
         yield graph
 
 
-class _PlainDevice(object):
-    def wrap_optimizer(self, optimizer):
-        return optimizer
-
-
 @pytest.mark.usefixtures('fresh_graph')
 def test_weight_decay_then_ema_after_each_adam_step():
     lr, wd, decay = 0.1, 0.5, 0.9
     with tf.variable_scope('classify'):
-        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., -2.]))
+        kernel = tf.get_variable('dense/kernel', initializer=tf.constant([[1., -2.]]))
         bias = tf.get_variable('dense/bias', initializer=tf.constant([3.]))
     loss = tf.reduce_sum(kernel) + tf.reduce_sum(bias)  # gradient 1 everywhere
     step = tf.train.get_or_create_global_step()
     hp = dict(lr=lr, wd=wd, ema=decay, batch=64)
-    train_op, ema = training_update(dict(loss=loss), hp, step, _PlainDevice())
+    ema = tf.train.ExponentialMovingAverage(decay)
+    train_op = training_update(loss, hp, step, tf.train.AdamOptimizer(lr), ema, 64)
     with tf.Session() as session:
         session.run(tf.global_variables_initializer())
         session.run(train_op)
         k, b, k_ema, b_ema, s = session.run([kernel, bias, ema.average(kernel), ema.average(bias), step])
     # Adam's first step moves each weight by lr in the direction of -sign(gradient).
-    np.testing.assert_allclose(k, (np.array([1., -2.]) - lr) * (1 - wd * lr), rtol=1e-5)
+    np.testing.assert_allclose(k, (np.array([[1., -2.]]) - lr) * (1 - wd * lr), rtol=1e-5)
     np.testing.assert_allclose(b, [3. - lr], rtol=1e-5)  # biases are not decayed
-    np.testing.assert_allclose(k_ema, decay * np.array([1., -2.]) + (1 - decay) * k, rtol=1e-5)
+    np.testing.assert_allclose(k_ema, decay * np.array([[1., -2.]]) + (1 - decay) * k, rtol=1e-5)
     np.testing.assert_allclose(b_ema, decay * 3. + (1 - decay) * b, rtol=1e-5)
     assert s == 64
 
@@ -185,7 +180,7 @@ def test_ema_tracks_trainable_weights_only_not_bn_statistics_nor_optimizer_slots
         kernel = tf.get_variable('dense/kernel', initializer=tf.constant([1., 2.]))
         tf.get_variable('bn/moving_mean', initializer=tf.constant([0.]), trainable=False)
     step = tf.train.get_or_create_global_step()
-    training_update(dict(loss=tf.reduce_sum(kernel)),
-                    dict(lr=0.1, wd=0.1, ema=0.9, batch=4), step, _PlainDevice())
+    training_update(tf.reduce_sum(kernel), dict(lr=0.1, wd=0.1), step, tf.train.AdamOptimizer(0.1),
+                    tf.train.ExponentialMovingAverage(0.9), 4)
     shadows = sorted(v.op.name for v in tf.global_variables() if 'ExponentialMovingAverage' in v.op.name)
     assert shadows == ['classify/dense/kernel/ExponentialMovingAverage']

@@ -184,3 +184,32 @@ def test_background_sync_uploads_each_new_checkpoint(tmp_path):
                 f.write(step)
             wait_for_remote(step)
 
+
+
+def test_two_rank_job_rank_0_stages_and_publishes_every_rank_trains(tmp_path):
+    """scripts/launch.py starts run_sh.py twice (as ModelArts does once per card): rank 1 waits
+    for rank 0's data marker, both train one model, rank 0 alone evaluates and publishes."""
+    write_tiny_dataset(str(tmp_path / 'bucket_data'))
+    env = dict(os.environ, ML_DATA=str(tmp_path / 'data'), CUDA_VISIBLE_DEVICES='')
+    env.pop('MA_JOB_DIR', None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'scripts', 'launch.py'), '--workers=2',
+         '--log_dir=' + str(tmp_path / 'logs'), SCRIPT, '--data_url=' + str(tmp_path / 'bucket_data'),
+         '--train_url=' + str(tmp_path / 'out'), '--train_dir=' + str(tmp_path / 'experiments'),
+         '--epochs=1', '--device=cpu'] + SPLIT + TINY,
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rank1 = (tmp_path / 'logs' / 'worker-1.log').read_text()
+    assert 'waiting for rank 0 to stage the data' in rank1 and 'evaluating' not in rank1
+    assert 'multiworker, 2 replicas, rank 1 of 2' in rank1
+    assert 'multiworker, 2 replicas, rank 0 of 2' in proc.stdout
+    assert len(glob.glob(str(tmp_path / 'out' / RUN_GLOB))) == 1
+    assert result_rows(str(tmp_path / 'out' / 'result.txt'))[:2] == ['raw', 'ema']
+
+
+def test_a_rank_waits_for_this_job_s_marker_not_an_old_one(tmp_path, monkeypatch):
+    marker = str(tmp_path / '.realmix-ready-x')
+    with open(marker, 'w') as f:
+        f.write('an earlier job')
+    with pytest.raises(run_sh.UserError, match='rank 0 did not stage the data within 1 s'):
+        run_sh.wait_for_rank_0(marker, 'this job', timeout_s=1)

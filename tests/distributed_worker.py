@@ -1,0 +1,61 @@
+"""One training process for tests/test_distributed.py: the library's own per-replica step
+(train.input_pipelines, graph.build_graph, the device's session and barrier) from fixed initial
+weights, then every variable saved to OUT-RANK.npz.
+
+    python distributed_worker.py OUT ML_DATA DATASET METHOD ARCH BATCH STEPS REPLICAS AUGMENT
+(several workers: TF_CONFIG, as scripts/launch.py sets it)
+"""
+import os
+import sys
+import zlib
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import methods  # noqa: E402
+from libml import data, npu_config, train  # noqa: E402
+from libml.graph import build_graph  # noqa: E402
+
+
+def initial_value(variable):
+    """The same start on every rank and in every setup: drawn from the variable's name."""
+    name = variable.op.name.replace('/ExponentialMovingAverage', '')
+    rng = np.random.RandomState(zlib.crc32(name.encode()))
+    shape = variable.shape.as_list()
+    if 'moving_variance' in name:
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return rng.normal(0, 0.3, shape).astype(np.float32)
+
+
+def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augment):
+    tf.disable_v2_behavior()
+    device = npu_config.setup('cpu', 'fp32', log=lambda *a: None, replicas=int(replicas))
+    dataset = data.resolve(dataset_id, root=root)
+    method = methods.get(method_name)
+    hp = dict(method=method_name, arch=arch, filters=4, repeat=1, scales=1, bn_momentum=0.9,
+              batch=int(batch), lr=0.01, wd=0.5, ema=0.9, beta=0.75, w_match=1., warmup_kimg=0.,
+              T=0.5, tsa='none', tsa_rule='reference', percent_mask=-1., augment=augment,
+              eval_batch=8, total_nimg=1 << 20)
+    with tf.Graph().as_default() as graph:
+        tf.set_random_seed(1 + device.cluster.rank)
+        pipelines = train.input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
+        ops = build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines)
+        barrier = device.barrier_op()
+        with device.scope():
+            start = [tf.assign(v, initial_value(v)) for v in tf.global_variables()
+                     if v.op.name.startswith('classify/') and '/Adam' not in v.op.name]
+        names = [v.op.name for v in tf.global_variables()]
+        with device.session(graph) as session:
+            session.run(tf.global_variables_initializer())
+            session.run(start)
+            for _ in range(int(steps)):
+                session.run(ops['train_op'])
+            values = session.run(tf.global_variables())
+            session.run(barrier)
+    np.savez('%s-%d.npz' % (out, device.cluster.rank), **dict(zip(names, values)))
+    device.leave()
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:])

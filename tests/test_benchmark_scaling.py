@@ -1,0 +1,45 @@
+"""scripts/benchmark_scaling.py: one worker against two (scripts/launch.py), the table and the
+ratio line; a bad flag is one error line. A tiny network and two timed steps: this checks the
+plumbing, not the speed."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark_scaling.py')
+TINY = ['--arch=smallconv', '--filters=4', '--repeat=1', '--batch=8']
+
+
+def run(args, tmp_path, timeout=300):
+    return subprocess.run(
+        [sys.executable, SCRIPT] + args,
+        env=dict(os.environ, ML_DATA=str(tmp_path), CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2'),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
+
+
+def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
+    out = run(['--workers=2', '--steps=2', '--warmup=1', '--repeats=1'] + TINY, tmp_path)
+    assert out.returncode == 0, out.stdout
+    text = out.stdout
+    one = re.search(r'^1 worker  x 1 thread +([\d.]+) img/s +\(runs: ([\d.]+)\)$', text, re.M)
+    two = re.search(r'^2 workers x 1 thread +([\d.]+) img/s +\(runs: ([\d.]+)\)$', text, re.M)
+    assert one and two, text
+    assert float(one.group(1)) > 0 and float(two.group(1)) > 0
+    ratio = re.search(r'^ratio 2 workers / 1 worker = ([\d.]+) +\(ideal 2\.00, goal >= 1\.80: '
+                      r'(met|missed)\)$', text, re.M)
+    assert ratio, text
+    assert abs(float(ratio.group(1)) - float(two.group(1)) / float(one.group(1))) < 0.01
+    assert re.search(r'^machine: \d+ CPU cores, .+, TensorFlow [\d.]+\S*, 1 thread per worker$',
+                     text, re.M), text
+    assert 'SCALING_RESULT' not in text  # the workers' lines are parsed, not echoed
+    assert 'Traceback' not in text
+
+
+def test_bad_flag_is_one_error_line(tmp_path):
+    out = run(['--workers=1'], tmp_path, timeout=120)
+    assert out.returncode == 1
+    assert out.stdout.strip().splitlines()[-1].startswith('error: --workers=1')
+    assert 'Traceback' not in out.stdout
