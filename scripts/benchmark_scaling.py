@@ -48,6 +48,9 @@ flags.DEFINE_enum('role', 'driver', ['driver', 'worker'], 'driver: start the run
 flags.DEFINE_integer('workers', 2, 'Worker processes of the data-parallel run (>= 2).')
 flags.DEFINE_integer('threads', 1, 'Intra- and inter-op threads of each worker\'s session '
                      '(0: TensorFlow\'s default).')
+flags.DEFINE_bool('pin', True, 'Pin worker of rank r to CPU core r (Linux): a "thread" then means one '
+                  'core, tf.data and oneDNN included; without it one worker already spreads over '
+                  'every core.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per run.')
 flags.DEFINE_integer('warmup', 5, 'Untimed steps before timing.')
 flags.DEFINE_integer('repeats', 3, 'Runs of each setting; the median is reported.')
@@ -59,12 +62,14 @@ DEFAULTS = dict(arch='resnet', filters=16, repeat=1, batch=64)
 RESULT = 'SCALING_RESULT'
 LAUNCH = os.path.join(ROOT, 'scripts', 'launch.py')
 FIXED = ('device', 'precision', 'replicas', 'iterations_per_loop')  # the workers' own settings
-PASSED_FLAGS = ('method', 'threads', 'steps', 'warmup')  # besides the hyperparameters
+PASSED_FLAGS = ('method', 'threads', 'steps', 'warmup', 'pin')  # besides the hyperparameters
 
 
 def worker():
     """One timed process: rank 0 prints the SCALING_RESULT line."""
     device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
+    if FLAGS.pin and hasattr(os, 'sched_setaffinity'):
+        os.sched_setaffinity(0, {device.cluster.rank % os.cpu_count()})
     dataset = data.resolve(FLAGS.dataset)
     method = methods.get(FLAGS.method)
     hp = hparams.from_flags(FLAGS, FLAGS.method, methods.flag_specs(FLAGS.method), dataset,
