@@ -22,9 +22,8 @@ from libml import data, hparams, inference, npu_config, train
 from libml.utils import UserError, cli_main, quiet_native_logs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('method', 'realmix', methods.names(), 'realmix (MixMatch when --tsa=none and '
-                  '--percent_mask<=0), supervised (labeled data only) or mixup (MixUp on the '
-                  'labeled data only); see methods/.')
+flags.DEFINE_enum('method', 'realmix', methods.names(), 'The training method, one module of '
+                  'methods/ each (realmix is MixMatch when --tsa=none and --percent_mask<=0).')
 hparams.define_flags(flags, hparams.COMMON_FLAGS + methods.all_flags())
 flags.adopt_module_key_flags(hparams)  # so --help lists them beside the flags below
 flags.DEFINE_string('train_dir', './experiments', 'Runs go to TRAIN_DIR/DATASET/EXPERIMENT/.')

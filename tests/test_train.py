@@ -149,21 +149,37 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
         (['--dataset=tiny'], 'NAME.SEED@SIZE-VALID'),
         (['--dataset=tiny.1@99-0'], 'create_split.py --seed=1 --label_split_size=99'),
         (['--dataset=' + trained['dataset'], '--percent_mask=1.5'], '--percent_mask=1.5 is out of range: it must be in [-1, 1)'),
-        (['--dataset=' + trained['dataset'], '--batch=2'], 'interleaving needs at least'),
         (['--dataset=' + trained['dataset'], '--eval_ckpt=' + str(tmp_path / 'nope')], 'does not exist'),
-        (['--dataset=' + trained['dataset'], '--lr=-1'], '--lr=-1.0 is out of range: it must be > 0'),
-        (['--dataset=' + trained['dataset'], '--ema=1.5'], '--ema=1.5 is out of range'),
-        (['--dataset=' + trained['dataset'], '--T=0'], '--T=0.0 is out of range'),
-        (['--dataset=' + trained['dataset'], '--wd=0.5', '--lr=4'], 'wd * lr'),
         (['--dataset=' + trained['dataset'], '--load_checkpoint=' + os.path.join(trained['run_dir'], 'tf')]
          + TINY[:1] + ['--filters=16'], 'classify/conv2d/kernel with shape [3, 3, 1, 8]'),
         (['--perform_inference', '--inference_dir=' + str(tmp_path),
           '--inference_ckpt=' + os.path.join(trained['run_dir'], 'tf')], 'holds no PNG or JPEG images'),
     ]
-    for args, expected in cases:
-        code, out = finish(realmix(base + args, trained['root']))
+    started = [(realmix(base + args, trained['root']), expected) for args, expected in cases]
+    for process, expected in started:  # side by side: TensorFlow's start-up dominates each
+        code, out = finish(process)
         assert_one_line_error(code, out, expected)
     assert not glob.glob(str(tmp_path / '*' / '*' / 'args')), 'a refused run left a run folder'
+
+
+@pytest.mark.parametrize('changes,expected', [
+    (dict(batch=2), '--batch=2 is out of range: it must be >= 3: interleaving needs at least'),
+    (dict(lr=-1.), '--lr=-1.0 is out of range: it must be > 0'),
+    (dict(ema=1.5), '--ema=1.5 is out of range: it must be in [0, 1)'),
+    (dict(T=0.), '--T=0.0 is out of range: it must be > 0'),
+    (dict(wd=0.5, lr=4.), '--wd=0.5 with --lr=4: weight decay multiplies kernels by 1 - wd * lr'),
+])
+def test_flags_out_of_range_are_refused_by_name(changes, expected):
+    """The range rules of every flag (realmix.py turns the UserError into its one line)."""
+    import methods
+    from libml import hparams
+    from libml.utils import UserError
+    specs = methods.flag_specs('realmix')
+    hp = dict(dict((spec.name, spec.default) for spec in specs), scales=3)  # as hyper_parameters sets
+    hparams.check_flags(hp, specs)  # the defaults pass
+    with pytest.raises(UserError) as error:
+        hparams.check_flags(dict(hp, **changes), specs)
+    assert expected in str(error.value)
 
 
 def test_a_run_with_other_hyperparameters_never_shares_a_folder(trained):
