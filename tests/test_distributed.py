@@ -99,8 +99,7 @@ def test_a_killed_worker_stops_the_run_and_the_same_command_resumes(tmp_path):
     while not glob.glob(os.path.join(train_dir, '*', '*', 'tf', 'checkpoint')):
         assert first.poll() is None and time.time() < deadline, first.communicate()
         time.sleep(0.1)
-    rank1 = [int(p) for p in subprocess.check_output(['pgrep', '-f', 'realmix.py.*' + train_dir])
-             .split() if _rank_of(int(p)) == 1]
+    rank1 = [pid for pid in _pids_running('realmix.py', train_dir) if _rank_of(pid) == 1]
     assert len(rank1) == 1
     os.kill(rank1[0], 9)
     _, err = first.communicate(timeout=120)
@@ -117,6 +116,20 @@ def test_a_killed_worker_stops_the_run_and_the_same_command_resumes(tmp_path):
     assert 'Resumed from' in second.stdout and 'kimg 3' in second.stdout
     results = glob.glob(os.path.join(train_dir, '*', '*', 'result.txt'))
     assert len(results) == 1  # rank 0 alone writes
+
+
+def _pids_running(*words):
+    """Processes whose command line holds every one of `words` (from /proc)."""
+    found = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                command = f.read().decode(errors='replace')
+        except (IOError, OSError):
+            continue
+        if entry.isdigit() and all(word in command for word in words):
+            found.append(int(entry))
+    return found
 
 
 def _rank_of(pid):
