@@ -28,7 +28,7 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
         ops['step'] = step
         if pipelines is not None:
             optimizer = device.wrap_optimizer(tf.train.AdamOptimizer(hp['lr']))
-            images_per_step = hp['batch'] * device.cluster.replicas
+            images_per_step = device.global_batch(hp['batch'])
 
             def replica_step(inputs):
                 labeled_batch, unlabeled_batch = inputs

@@ -306,7 +306,11 @@ class Device(object):
 
     def scope(self):
         """Where the model, optimizer and step are built: the strategy's scope, if any."""
-        return self.strategy.scope() if self.strategy else _no_scope()
+        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+    def global_batch(self, batch):
+        """Images one step trains on over every replica (`batch` per replica)."""
+        return batch * self.cluster.replicas
 
     def input_shards(self):
         """(index, count) of the input shard of each replica this process runs."""
@@ -411,11 +415,6 @@ def _listening(address):
         return True
     except (OSError, ValueError):
         return False
-
-
-@contextlib.contextmanager
-def _no_scope():
-    yield
 
 
 def _npu_optimizer(config):

@@ -37,7 +37,7 @@ def input_pipelines(dataset, hp, device, needs_unlabeled):
 def check_loop_sinking(hp, device):
     """UserError unless epochs and checkpoints end on a device loop's boundary."""
     loop = device.iterations_per_loop
-    images_per_loop = loop * hp['batch'] * device.cluster.replicas
+    images_per_loop = loop * device.global_batch(hp['batch'])
     for flag in ('report_kimg', 'save_kimg'):
         if (hp[flag] << 10) % images_per_loop:
             raise UserError('--%s=%d is %d images, not a multiple of the %d images of one device '
@@ -131,17 +131,15 @@ class Trainer(object):
             if self.device.iterations_per_loop > 1:  # adds the loop variables, then no more ops
                 self.ops['train_op'] = self.device.sink_loop(session, self.ops['train_op'])
                 self.graph.finalize()
-            if not self.device.chief:  # rank 0 alone writes and evaluates
+            if self.device.chief:  # rank 0 alone writes and evaluates
+                self._save_args()  # after a good start: a refused --load_checkpoint writes nothing
+                writer = tf.summary.FileWriter(self.checkpoint_dir)
+                try:
+                    self._loop(session, self._evaluator(session), writer)
+                finally:
+                    writer.close()
+            else:
                 self._loop(session, None, None)
-                session.run(self.barrier)
-                return
-            self._save_args()  # after a good start: a refused --load_checkpoint leaves no run folder
-            evaluator = self._evaluator(session)
-            writer = tf.summary.FileWriter(self.checkpoint_dir)
-            try:
-                self._loop(session, evaluator, writer)
-            finally:
-                writer.close()
             session.run(self.barrier)
         self.device.leave()
 
@@ -157,8 +155,8 @@ class Trainer(object):
                 self._report(session, evaluator, writer, step)
             return
         fetch = dict(train_op=self.ops['train_op'], step=self.ops['step'], losses=self.ops['losses'])
-        images_per_step = hp['batch'] * self.device.cluster.replicas
-        summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16) // images_per_step)
+        summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16)
+                            // self.device.global_batch(hp['batch']))
         epochs = -(-total_nimg // report_nimg)
         while step < total_nimg:
             epoch = step // report_nimg
