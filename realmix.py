@@ -12,7 +12,7 @@ libml/graph.py, the loop in libml/train.py.
 import os
 import warnings
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow loads: keep C++ logs quiet.
+import libml  # noqa: F401  (first: it sets TensorFlow's environment before TF loads)
 
 import tensorflow.compat.v1 as tf
 from absl import app, flags

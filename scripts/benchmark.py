@@ -9,14 +9,14 @@ timed --repeats times for --steps steps after --warmup steps; the medians are pr
 """
 
 import collections
+import json
 import os
-import re
 import sys
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before TF loads)
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -87,35 +87,25 @@ class Setting(object):
         options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
         metadata = tf.RunMetadata()
         self.session.run(self.train_op, options=options, run_metadata=metadata)
-        name = '_'.join(self.name.split())
-        path = os.path.join(folder, '%s.trace.json' % name)
+        trace = timeline.Timeline(metadata.step_stats).generate_chrome_trace_format()
+        path = os.path.join(folder, '%s.trace.json' % '_'.join(self.name.split()))
         with atomic_output(path) as tmp:
             with open(tmp, 'w') as f:
-                f.write(timeline.Timeline(metadata.step_stats).generate_chrome_trace_format())
-        return op_type_costs(metadata.step_stats, self.session.graph), path
+                f.write(trace)
+        return op_type_costs(json.loads(trace)), path
 
 
-def op_type_costs(step_stats, graph):
-    """Kernel time per op type over every device of one traced step, costliest first.
+def op_type_costs(trace):
+    """Kernel time per op type in a chrome trace of one step, costliest first.
 
-    The type is the kernel that ran (after grappler's rewrites, e.g. _FusedConv2D for a
-    convolution fused with its bias), read from the trace label; else the graph op's type.
+    The type is the kernel that ran, as the trace names it: after grappler's and oneDNN's
+    rewrites (_MklNativeFusedConv2D for a convolution fused with its bias and residual add).
     """
     costs = collections.Counter()
-    for device in step_stats.dev_stats:
-        for node in device.node_stats:
-            label = re.match(r'^\S+ = (\S+?)\(', node.timeline_label)
-            kind = label.group(1) if label else _graph_op_type(graph, node.node_name)
-            costs[kind] += (node.op_end_rel_micros - node.op_start_rel_micros) * 1e-6
+    for event in trace['traceEvents']:
+        if event.get('ph') == 'X' and event.get('cat') == 'Op':
+            costs[event['args']['op']] += event['dur'] * 1e-6
     return costs.most_common()
-
-
-def _graph_op_type(graph, node_name):
-    name = node_name.split(':')[0]
-    try:
-        return graph.get_operation_by_name(name).type
-    except (KeyError, ValueError):
-        return name if name.startswith('_') else 'other'  # runtime nodes (_SOURCE, ...)
 
 
 def print_profile(setting, costs, path, top=10):

@@ -11,8 +11,8 @@ serving_default, dynamic batch) and export.json.
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before TF loads)
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 from absl import app, flags  # noqa: E402

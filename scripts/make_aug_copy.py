@@ -10,7 +10,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before TF loads)
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

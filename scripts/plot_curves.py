@@ -9,8 +9,8 @@ RUN_DIR is a run folder (TRAIN_DIR/DATASET/EXPERIMENT) whose tf/ holds the Tenso
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before TF loads)
 
 import matplotlib  # noqa: E402
 matplotlib.use('Agg')  # No display: render to files only.

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+import libml  # noqa: E402,F401  (first: tests run with the TensorFlow environment users get)
 FAKE_NPU = os.path.join(ROOT, 'tests', 'fake_npu')
 
 

@@ -9,10 +9,11 @@ import os
 import sys
 import zlib
 
-import numpy as np
-import tensorflow.compat.v1 as tf
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before TF loads)
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
 import methods  # noqa: E402
 from libml import data, npu_config, train  # noqa: E402
 from libml.graph import build_graph  # noqa: E402

@@ -27,6 +27,15 @@ def test_profile_writes_a_trace_and_ranks_op_types(tmp_path):
     assert len(set(kinds)) == len(kinds)
     shares = [float(share) for _, _, share in rows]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
+    # The table is the trace's own account: each row's time is the sum of its kernel's events.
+    traced = {}
+    for event in events:
+        if event.get('ph') == 'X' and event.get('cat') == 'Op':
+            op = event['args']['op']
+            traced[op] = traced.get(op, 0) + event['dur'] / 1000.
+    for kind, ms, _ in rows:
+        assert abs(traced[kind] - float(ms)) <= 0.01, (kind, ms, traced[kind])
+    assert sorted(traced.values(), reverse=True)[:len(rows)] == [traced[k] for k in kinds]
     # A training step's costliest work includes the convolutions (forward or backward).
     assert any('Conv2D' in kind for kind in kinds)
     assert 'mlir_graph_optimization_pass' not in out.stdout
