@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -158,6 +159,7 @@ class Trainer(object):
         summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16)
                             // self.device.global_batch(hp['batch']))
         epochs = -(-total_nimg // report_nimg)
+        speed = TrainingSpeed()
         while step < total_nimg:
             epoch = step // report_nimg
             epoch_end = min((epoch + 1) * report_nimg, total_nimg)
@@ -166,8 +168,10 @@ class Trainer(object):
                        mininterval=1., disable=not chief)
             history = []
             while step < epoch_end:
+                started = time.time()
                 out = session.run(fetch)
                 previous, step = step, out['step']
+                speed.add(step - previous, time.time() - started)
                 if not np.isfinite(out['losses']['loss']) and not self.device.loss_scaling:
                     bar.close()
                     self._stop_diverged(previous)
@@ -179,7 +183,7 @@ class Trainer(object):
                     self._save(session, step)
             bar.close()
             if chief:
-                self._report(session, evaluator, writer, step, _mean_losses(history))
+                self._report(session, evaluator, writer, step, _mean_losses(history), speed.epoch())
                 self._save(session, step)
 
     def _stop_diverged(self, step):
@@ -195,16 +199,21 @@ class Trainer(object):
         self.saver.save(session, os.path.join(self.checkpoint_dir, 'model.ckpt'), global_step=step,
                         write_meta_graph=False)
 
-    def _report(self, session, evaluator, writer, step, losses=None):
+    def _report(self, session, evaluator, writer, step, losses=None, images_per_second=None):
         """Evaluate, print the table, write result.txt / stats.json and the summaries."""
         report = evaluator.evaluate()
         evaluation.write_report(self.run_dir, report, step)
         _write_scalars(writer, step, dict(evaluation.summary_values(report)))
-        _write_scalars(writer, step, {'progress/kimg': step / 1024.,
-                                      'progress/fraction': step / float(self.hp['total_nimg'])})
+        progress = {'progress/kimg': step / 1024.,
+                    'progress/fraction': step / float(self.hp['total_nimg'])}
+        if images_per_second:
+            progress['progress/images_per_second'] = images_per_second
+        _write_scalars(writer, step, progress)
         line = 'kimg %d' % (step >> 10)
         if losses:
             line += '  ' + '  '.join('%s %.4f' % kv for kv in sorted(losses.items()))
+        if images_per_second:
+            line += '  %.1f img/s' % images_per_second
         tqdm.write(line + '\n' + evaluation.format_table(report['table']))
         writer.flush()
         return report
@@ -331,6 +340,28 @@ def checkpoint_path(path):
         raise UserError('checkpoint %s does not exist (no %s.index); pass a path like '
                         'RUN/tf/model.ckpt-65536 or a run\'s tf/ folder' % (path, path))
     return path
+
+
+class TrainingSpeed(object):
+    """Images per second of the train steps alone (no evaluation, saving or summaries), per epoch.
+
+    A process's first step is left out: it includes building the kernels (grappler, oneDNN).
+    """
+
+    def __init__(self):
+        self.warm, self.images, self.seconds = False, 0, 0.
+
+    def add(self, images, seconds):
+        if self.warm:
+            self.images += images
+            self.seconds += seconds
+        self.warm = True
+
+    def epoch(self):
+        """The epoch's rate (None when no timed step), then start counting the next epoch."""
+        rate = self.images / self.seconds if self.seconds > 0 else None
+        self.images, self.seconds = 0, 0.
+        return rate
 
 
 def _mean_losses(history):

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import tiny_data
+from libml import events, train
 from conftest import ROOT, assert_one_line_error
 
 TINY = ['--arch=smallconv', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
@@ -97,6 +99,26 @@ def test_result_table_and_stats_are_written(trained):
     with open(os.path.join(trained['run_dir'], 'args', 'args.json')) as f:
         args = json.load(f)
     assert args['dataset'] == trained['dataset'] and args['nclass'] == 3 and args['wd'] == 0.02
+
+
+def test_each_report_gives_the_speed_of_its_train_steps(trained):
+    # Epochs 2 and 3 ran after the resume; each report line ends with its train steps' img/s.
+    rates = re.findall(r'^kimg (\d) .* ([\d.]+) img/s$', trained['output'], re.M)
+    assert [kimg for kimg, _ in rates] == ['2', '3'] and all(float(r) > 0 for _, r in rates)
+    curve = events.read_scalars(trained['run_dir'])['progress/images_per_second']
+    assert [step for step, _ in curve][-2:] == [2048, 3072]
+    assert [v for _, v in curve][-2:] == pytest.approx([float(r) for _, r in rates], abs=0.051)
+
+
+def test_training_speed_leaves_out_the_first_step_and_restarts_each_epoch():
+    speed = train.TrainingSpeed()
+    speed.add(8, 30.)  # the first step: building the kernels
+    assert speed.epoch() is None
+    speed.add(8, 0.5)
+    speed.add(8, 0.5)
+    assert speed.epoch() == 16.
+    speed.add(16, 2.)
+    assert speed.epoch() == 8.
 
 
 def test_evaluating_the_checkpoint_reproduces_the_table(trained):
