@@ -299,9 +299,9 @@ class Device(object):
         if self.cluster.engine != 'multiworker':
             return tf.Session(graph=graph, config=config)
         if self._server is None:
-            spec = json.loads(os.environ['TF_CONFIG'])['cluster']
-            self._server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name='worker',
-                                                task_index=self.cluster.rank, config=config)
+            self._server = tf.distribute.Server(tf.train.ClusterSpec(_tf_config_cluster()),
+                                                job_name='worker', task_index=self.cluster.rank,
+                                                config=config)
         return tf.Session(target=self._server.target, graph=graph, config=config)
 
     def scope(self):
@@ -361,7 +361,7 @@ class Device(object):
         are gone, since a worker closing its session still talks to the chief's."""
         if self.cluster.engine != 'multiworker' or not self.chief:
             return
-        others = json.loads(os.environ['TF_CONFIG'])['cluster']['worker'][1:]
+        others = _tf_config_cluster()['worker'][1:]
         deadline = time.time() + timeout_s
         while time.time() < deadline and any(_listening(address) for address in others):
             time.sleep(0.2)
@@ -405,6 +405,11 @@ class Device(object):
             text += '; %s, %d replicas, rank %d of %d' % (
                 self.cluster.engine, self.cluster.replicas, self.cluster.rank, self.cluster.workers)
         return text
+
+
+def _tf_config_cluster():
+    """The cluster of this multi-worker process's TF_CONFIG (checked by cluster_from_env)."""
+    return json.loads(os.environ['TF_CONFIG'])['cluster']
 
 
 def _listening(address):

@@ -35,6 +35,18 @@ def input_pipelines(dataset, hp, device, needs_unlabeled):
     return pipelines
 
 
+def training_graph(dataset, hp, device, method, seed=0):
+    """The ops of build_graph for this process's replicas, each fed from its own input shard, plus
+    'barrier' (every rank runs it before leaving). A seed is offset by the rank, so each worker
+    draws its own augmentations and MixUp partners."""
+    if seed:
+        tf.set_random_seed(seed + device.cluster.rank)
+    pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
+    ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines=pipelines)
+    ops['barrier'] = device.barrier_op()
+    return ops
+
+
 def check_loop_sinking(hp, device):
     """UserError unless epochs and checkpoints end on a device loop's boundary."""
     loop = device.iterations_per_loop
@@ -58,13 +70,8 @@ class Trainer(object):
         self.graph = tf.Graph()
         with self.graph.as_default():
             check_loop_sinking(hp, device)
-            if seed:  # each worker its own augmentation and MixUp draws; rank 0's weights win
-                tf.set_random_seed(seed + device.cluster.rank)
-            pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
-            self.ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method,
-                                         pipelines=pipelines)
-            self.broadcast = device.broadcast_op()
-            self.barrier = device.barrier_op()
+            self.ops = training_graph(dataset, hp, device, method, seed)
+            self.broadcast = device.broadcast_op()  # rank 0's weights win
             self.start_inputs = tf.group(*tf.get_collection(data.ITERATOR_INITIALIZERS))
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
             self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'], save_relative_paths=True)
@@ -141,7 +148,7 @@ class Trainer(object):
                     writer.close()
             else:
                 self._loop(session, None, None)
-            session.run(self.barrier)
+            session.run(self.ops['barrier'])
         self.device.leave()
 
     def _loop(self, session, evaluator, writer):

@@ -7,7 +7,7 @@
 The driver (the default --role) times, --repeats times and alternating so that a change in machine
 load hits both: (a) one worker process (no TF_CONFIG) and (b) --workers processes started through
 scripts/launch.py (TF_CONFIG, MultiWorkerMirroredStrategy). Every process is this script with
---role=worker: the library's train step (train.input_pipelines, graph.build_graph, the device's
+--role=worker: the library's train step (train.training_graph, the device's
 session with --threads intra- and inter-op threads), --warmup untimed steps, then --steps timed
 ones; rank 0 prints `SCALING_RESULT {"img_per_s": X, "replicas": R}`, X being global labeled images
 per second (the global step counts them). The driver prints the medians and the ratio N-worker /
@@ -38,7 +38,6 @@ from absl import app, flags  # noqa: E402
 
 import methods  # noqa: E402
 from libml import data, hparams, npu_config, records, train  # noqa: E402
-from libml.graph import build_graph  # noqa: E402
 from libml.utils import UserError, cli_main, quiet_native_logs  # noqa: E402
 
 hparams.define_flags(flags, hparams.COMMON_FLAGS + methods.all_flags())
@@ -75,10 +74,7 @@ def worker():
     hp = hparams.from_flags(FLAGS, FLAGS.method, methods.flag_specs(FLAGS.method), dataset,
                             device.cluster.replicas)
     with tf.Graph().as_default() as graph:
-        tf.set_random_seed(1 + device.cluster.rank)
-        pipelines = train.input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
-        ops = build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines)
-        barrier = device.barrier_op()
+        ops = train.training_graph(dataset, hp, device, method, seed=1)
         init = tf.global_variables_initializer()
         with device.session(graph, threads=FLAGS.threads) as session:
             session.run(init)
@@ -90,7 +86,7 @@ def worker():
                 session.run(ops['train_op'])
             seconds = time.time() - start
             images = session.run(ops['step']) - first  # the global step counts global images
-            session.run(barrier)
+            session.run(ops['barrier'])
     if device.chief:
         print('%s %s' % (RESULT, json.dumps({'img_per_s': float(images) / seconds,
                                              'replicas': device.cluster.replicas})), flush=True)

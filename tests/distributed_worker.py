@@ -1,5 +1,5 @@
 """One training process for tests/test_distributed.py: the library's own per-replica step
-(train.input_pipelines, graph.build_graph, the device's session and barrier) from fixed initial
+(train.training_graph, the device's session and barrier) from fixed initial
 weights, then every variable saved to OUT-RANK.npz.
 
     python distributed_worker.py OUT ML_DATA DATASET METHOD ARCH BATCH STEPS REPLICAS AUGMENT
@@ -16,7 +16,6 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 import methods  # noqa: E402
 from libml import data, npu_config, train  # noqa: E402
-from libml.graph import build_graph  # noqa: E402
 
 
 def initial_value(variable):
@@ -39,10 +38,7 @@ def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augme
               T=0.5, tsa='none', tsa_rule='reference', percent_mask=-1., augment=augment,
               eval_batch=8, total_nimg=1 << 20)
     with tf.Graph().as_default() as graph:
-        tf.set_random_seed(1 + device.cluster.rank)
-        pipelines = train.input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
-        ops = build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines)
-        barrier = device.barrier_op()
+        ops = train.training_graph(dataset, hp, device, method, seed=1)
         with device.scope():
             start = [tf.assign(v, initial_value(v)) for v in tf.global_variables()
                      if v.op.name.startswith('classify/') and '/Adam' not in v.op.name]
@@ -53,7 +49,7 @@ def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augme
             for _ in range(int(steps)):
                 session.run(ops['train_op'])
             values = session.run(tf.global_variables())
-            session.run(barrier)
+            session.run(ops['barrier'])
     np.savez('%s-%d.npz' % (out, device.cluster.rank), **dict(zip(names, values)))
     device.leave()
 
