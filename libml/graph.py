@@ -13,10 +13,13 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
 
     `pipelines`: one (labeled_batch, unlabeled_batch or None) per replica this process runs
     (`device.input_shards()`); each replica takes its own step and the device averages the
-    gradients. ops['losses'] are averaged over the replicas and, like ops['train_op'], run a step.
+    gradients. ops['losses'] are averaged over every replica of every process (HCCL ranks too) and,
+    like ops['train_op'], run a step; ops['step_after_update'] is the image counter after it, and
+    ops['stop_vote'] > 0 when any process set its ops['stop_request'] to 1.
     `eval_images` replaces the float placeholder the evaluation towers read (export feeds its
     uint8 input through data.to_float).
     """
+    stop_request = stop_request_variable() if pipelines is not None else None
     with device.scope() if device is not None else contextlib.nullcontext():
         classify = models.classifier_from_hp(dict(hp, nclass=nclass))
         step = tf.train.get_or_create_global_step()
@@ -26,6 +29,7 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
         # First, outside any replica: the towers create the weights and their moving averages once.
         ops = evaluation.evaluation_towers(classify, eval_images, ema)
         ops['step'] = step
+        ops['stop_request'] = stop_request
         if pipelines is not None:
             optimizer = device.wrap_optimizer(tf.train.AdamOptimizer(hp['lr']))
             images_per_step = device.global_batch(hp['batch'])
@@ -35,12 +39,33 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
                 losses = method.losses(labeled_batch, unlabeled_batch, classify, hp, step, nclass)
                 train_op = training_update(device.replica_loss(losses['loss']), hp, step, optimizer,
                                            ema, images_per_step)
+                losses[STOP_VOTE] = stop_request.read_value()
                 with tf.control_dependencies([train_op]):
                     return dict((name, tf.identity(value)) for name, value in losses.items())
 
-            ops['losses'] = device.replicate(replica_step, pipelines)
-            ops['train_op'] = tf.group(*ops['losses'].values())
+            scalars = device.replicate(replica_step, pipelines)
+            ops['train_op'] = tf.group(*scalars.values())
+            ops['stop_vote'] = scalars.pop(STOP_VOTE)
+            ops['losses'] = scalars
+            with tf.control_dependencies([ops['train_op']]):
+                # Read after every replica's update: the images counted once the step is done
+                # (fetched beside the train op, the variable may be read before its increment).
+                ops['step_after_update'] = tf.identity(step)
     return ops
+
+
+STOP_VOTE = 'stop_vote'  # reduced with the losses: > 0 once any rank asked to stop
+
+
+def stop_request_variable():
+    """A float each process sets to 1 when asked to stop; built outside any strategy's scope
+    (each process has its own) and left out of checkpoints (see `saved_variables`)."""
+    return tf.Variable(0., trainable=False, name='stop_request')
+
+
+def saved_variables():
+    """What a run's checkpoints hold: every global variable but the stop request."""
+    return [v for v in tf.global_variables() if v.op.name != 'stop_request']
 
 
 def training_update(loss, hp, step, optimizer, ema, images_per_step):

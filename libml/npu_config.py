@@ -319,9 +319,11 @@ class Device(object):
 
     def replicate(self, step_fn, local_inputs):
         """Run `step_fn(inputs) -> {name: scalar}` once per replica on its own inputs (one entry of
-        `local_inputs` per local replica); the scalars come back averaged over every replica."""
+        `local_inputs` per local replica); the scalars come back averaged over every replica
+        (under HCCL too, so every rank logs, checks divergence and votes to stop alike)."""
         if self.strategy is None:
-            return step_fn(local_inputs[0])
+            scalars = step_fn(local_inputs[0])
+            return self._hccl_mean(scalars) if self.cluster.engine == 'hccl' else scalars
         first = self.cluster.rank * self.cluster.local_replicas
         names = []
 
@@ -333,6 +335,14 @@ class Device(object):
 
         per_replica = self.strategy.extended.call_for_each_replica(replica_fn)
         mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+        return dict(zip(names, tf.unstack(mean)))
+
+    def _hccl_mean(self, scalars):
+        """The scalars averaged over the HCCL ranks, in one stacked float32 allreduce."""
+        hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
+        names = sorted(scalars)
+        stacked = tf.stack([tf.cast(scalars[k], tf.float32) for k in names])
+        mean = hccl_ops.allreduce(stacked, 'sum') / float(self.cluster.workers)
         return dict(zip(names, tf.unstack(mean)))
 
     def sink_loop(self, session, train_op):

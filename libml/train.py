@@ -1,17 +1,23 @@
 """The training loop: session, checkpoints and resume, progress bar, summaries, evaluation per epoch."""
 
+import contextlib
 import glob
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
+import sys
+import threading
 import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from libml import data, evaluation, graph
-from libml.utils import UserError, write_text_atomic
+from libml import data, evaluation, events, graph, runlock
+from libml.utils import Stopped, UserError, write_problem, write_text_atomic
 
 SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 per epoch
 
@@ -48,15 +54,20 @@ def training_graph(dataset, hp, device, method, seed=0):
 
 
 def check_loop_sinking(hp, device):
-    """UserError unless epochs and checkpoints end on a device loop's boundary."""
+    """UserError unless epochs, checkpoints and the run's end fall on a device loop's boundary.
+    Without loop sinking any batch goes: a period ends at the first step at or past it."""
     loop = device.iterations_per_loop
+    if loop == 1:
+        return
     images_per_loop = loop * device.global_batch(hp['batch'])
-    for flag in ('report_kimg', 'save_kimg'):
-        if (hp[flag] << 10) % images_per_loop:
-            raise UserError('--%s=%d is %d images, not a multiple of the %d images of one device '
-                            'loop (--iterations_per_loop=%d x --batch=%d x %d replicas); change '
-                            'one of them' % (flag, hp[flag], hp[flag] << 10, images_per_loop, loop,
-                                             hp['batch'], device.cluster.replicas))
+    periods = [('--%s=%d' % (flag, hp[flag]), hp[flag] << 10) for flag in ('report_kimg', 'save_kimg')]
+    periods.append(('the run\'s total (--train_kimg/--epochs)', hp['total_nimg']))
+    for what, nimg in periods:
+        if nimg % images_per_loop:
+            raise UserError('%s is %d images, not a multiple of the %d images of one device loop '
+                            '(--iterations_per_loop=%d x --batch=%d x %d replicas); change one of '
+                            'them' % (what, nimg, images_per_loop, loop, hp['batch'],
+                                      device.cluster.replicas))
 
 
 class Trainer(object):
@@ -64,6 +75,7 @@ class Trainer(object):
 
     def __init__(self, run_dir, hp, dataset, device, method, seed=0):
         self.run_dir = run_dir
+        self._saved_step, self._saved_path = None, ''
         self.hp = hp
         self.dataset = dataset
         self.device = device
@@ -74,7 +86,8 @@ class Trainer(object):
             self.broadcast = device.broadcast_op()  # rank 0's weights win
             self.start_inputs = tf.group(*tf.get_collection(data.ITERATOR_INITIALIZERS))
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
-            self.saver = tf.train.Saver(max_to_keep=hp['keep_ckpt'], save_relative_paths=True)
+            self.saver = tf.train.Saver(graph.saved_variables(), max_to_keep=hp['keep_ckpt'],
+                                        save_relative_paths=True)
             self.init_op = tf.global_variables_initializer()
             # Built before finalize(): savers add ops to the graph.
             self.fine_tune = {reset: CheckedRestore(_fine_tune_variables(reset)) for reset in (False, True)}
@@ -98,42 +111,71 @@ class Trainer(object):
         write_text_atomic(args_path(self.run_dir), json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
 
     def _start(self, session, load_checkpoint, reset_optimizer=False):
-        """Resume from the newest checkpoint, else initialise (optionally from another run).
+        """Resume from the newest checkpoint that restores, else initialise (optionally from
+        another run).
 
         Every rank does the same (multi-worker initialisers hold collectives); then HCCL ranks
         take rank 0's variables."""
         if self.device.chief:
             _remove_partial_saves(self.checkpoint_dir)
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self.saver.restore(session, latest)
-            print('Resumed from %s' % latest)
-        else:
-            session.run(self.init_op)
-            if load_checkpoint:
-                path = checkpoint_path(load_checkpoint)
-                self.fine_tune[reset_optimizer].restore(session, path)
-                what = 'weights' if reset_optimizer else 'weights and Adam state'
-                print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
+        session.run(self.init_op)
+        resumed = self._restore_newest(session)
+        if resumed:
+            print('Resumed from %s' % resumed)
+        elif load_checkpoint:
+            path = checkpoint_path(load_checkpoint)
+            self.fine_tune[reset_optimizer].restore(session, path)
+            what = 'weights' if reset_optimizer else 'weights and Adam state'
+            print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
         if self.broadcast is not None:
             session.run(self.broadcast)
         session.run(self.start_inputs)
 
-    def train(self, load_checkpoint='', reset_optimizer=False):
+    def _restore_newest(self, session):
+        """Restore the newest checkpoint that loads and return its path ('' when there is none);
+        one line per damaged one skipped, UserError when none loads. Nothing is deleted."""
+        candidates = checkpoints_newest_first(self.checkpoint_dir)
+        for path in candidates:
+            try:
+                self.saver.restore(session, path)
+                return path
+            except (tf.errors.OpError, ValueError) as e:
+                print('Skipped checkpoint %s: it does not restore (%s)' % (path, _one_line(e)))
+        if candidates:
+            raise UserError('none of the %d checkpoints in %s restores (each is named above); '
+                            'nothing was deleted: move the folder away to start afresh, or copy '
+                            'good checkpoints back' % (len(candidates), self.checkpoint_dir))
+        return ''
+
+    def train(self, load_checkpoint='', reset_optimizer=False, resume_command=None):
+        """Train to the end; rank 0 holds the run folder's lock. On SIGTERM / SIGINT: finish the
+        step, save, and raise Stopped (exit status 128 + the signal)."""
         print(self.device.describe())
         print('Run folder %s' % self.run_dir)
-        try:
-            self._train(load_checkpoint, reset_optimizer)
-        except tf.errors.OpError as e:
-            if self.device.cluster.workers == 1:
-                raise
-            # A collective fails on every rank once one worker is gone: say so in one line.
-            raise UserError('training stopped: another of the %d workers is gone or unreachable '
-                            '(%s: %s); rerun the same command to resume from the last checkpoint'
-                            % (self.device.cluster.workers, type(e).__name__,
-                               ' '.join(str(e.message).split())[:200]))
+        lock = runlock.RunLock(self.run_dir) if self.device.chief else None
+        with lock if lock else contextlib.nullcontext(), StopSignals() as signals:
+            try:
+                self._train(load_checkpoint, reset_optimizer, signals)
+            except tf.errors.OpError as e:
+                if self.device.cluster.workers == 1:
+                    raise
+                # A collective fails on every rank once one worker is gone: say so in one line.
+                raise UserError('training stopped: another of the %d workers is gone or unreachable '
+                                '(%s: %s); rerun the same command to resume from the last checkpoint'
+                                % (self.device.cluster.workers, type(e).__name__, _one_line(e)))
+        if signals.stopped_at is not None:
+            raise Stopped(self._stop_line(signals, resume_command), 128 + signals.exit_signal)
 
-    def _train(self, load_checkpoint, reset_optimizer):
+    def _stop_line(self, signals, resume_command):
+        step = signals.stopped_at
+        where = ('saved %s' % self._saved_path if self.device.chief and self._saved_path
+                 else 'rank 0 saved the checkpoint')
+        why = (signal_name(signals.signum) if signals.signum is not None
+               else 'the stop request of another rank')
+        return ('Stopped by %s at %d images (kimg %d): %s; to resume, rerun: %s'
+                % (why, step, step >> 10, where, resume_command or default_resume_command()))
+
+    def _train(self, load_checkpoint, reset_optimizer, signals):
         with self._session() as session:
             self._start(session, load_checkpoint, reset_optimizer)
             if self.device.iterations_per_loop > 1:  # adds the loop variables, then no more ops
@@ -141,30 +183,30 @@ class Trainer(object):
                 self.graph.finalize()
             if self.device.chief:  # rank 0 alone writes and evaluates
                 self._save_args()  # after a good start: a refused --load_checkpoint writes nothing
-                writer = tf.summary.FileWriter(self.checkpoint_dir)
+                writer = events.ScalarWriter(self.checkpoint_dir)
                 try:
-                    self._loop(session, self._evaluator(session), writer)
+                    self._loop(session, self._evaluator(session), writer, signals)
                 finally:
                     writer.close()
             else:
-                self._loop(session, None, None)
+                self._loop(session, None, None, signals)
             session.run(self.ops['barrier'])
         self.device.leave()
 
-    def _loop(self, session, evaluator, writer):
-        """Train to the end; the chief (rank 0) alone logs, saves and reports (others pass None)."""
+    def _loop(self, session, evaluator, writer, signals):
+        """Train to the end (or a requested stop); the chief (rank 0) alone logs, saves and
+        reports (others pass None). Periods end at the first step at or past them."""
         hp, chief = self.hp, self.device.chief
-        step = session.run(self.ops['step'])
-        report_nimg, save_nimg = hp['report_kimg'] << 10, hp['save_kimg'] << 10
+        step = self._saved_step = session.run(self.ops['step'])
         total_nimg = hp['total_nimg']
+        report_nimg = hp['report_kimg'] << 10
         if step >= total_nimg:
             print('Training already complete at %d images (%d kimg).' % (step, step >> 10))
             if chief and not os.path.exists(os.path.join(self.run_dir, 'result.txt')):
                 self._report(session, evaluator, writer, step)
             return
-        fetch = dict(train_op=self.ops['train_op'], step=self.ops['step'], losses=self.ops['losses'])
-        summary_every = max(1, min(SUMMARY_EVERY_NIMG, report_nimg // 16)
-                            // self.device.global_batch(hp['batch']))
+        fetch = dict(train_op=self.ops['train_op'], step=self.ops['step_after_update'],
+                     losses=self.ops['losses'], stop_vote=self.ops['stop_vote'])
         epochs = -(-total_nimg // report_nimg)
         speed = TrainingSpeed()
         while step < total_nimg:
@@ -173,25 +215,48 @@ class Trainer(object):
             bar = tqdm(total=epoch_end - epoch * report_nimg, initial=step - epoch * report_nimg,
                        unit='img', desc='Epoch %d/%d' % (epoch + 1, epochs), leave=False,
                        mininterval=1., disable=not chief)
-            history = []
-            while step < epoch_end:
-                started = time.time()
-                out = session.run(fetch)
-                previous, step = step, out['step']
-                speed.add(step - previous, time.time() - started)
-                if not np.isfinite(out['losses']['loss']) and not self.device.loss_scaling:
-                    bar.close()
-                    self._stop_diverged(previous)
-                bar.update(step - previous)
-                history.append(out['losses'])
-                if chief and len(history) % summary_every == 0:
-                    _write_scalars(writer, step, _mean_losses(history[-summary_every:]), 'losses/')
-                if chief and step // save_nimg != previous // save_nimg and step < epoch_end:
+            try:  # the bar's line is cleared before any error line
+                step, history, stop = self._epoch(session, fetch, step, epoch_end, writer,
+                                                  signals, bar, speed)
+            finally:
+                bar.close()
+            if stop:
+                if chief:
                     self._save(session, step)
-            bar.close()
+                signals.stopped_at = step
+                return
             if chief:
                 self._report(session, evaluator, writer, step, _mean_losses(history), speed.epoch())
                 self._save(session, step)
+
+    def _epoch(self, session, fetch, step, epoch_end, writer, signals, bar, speed):
+        """Steps from `step` to the first at or past `epoch_end`, or to a requested stop; loss
+        summaries about every kimg and at the end. Returns (step, losses of each step, stopped)."""
+        chief, alone = self.device.chief, self.device.cluster.workers == 1
+        summary_nimg = max(1, min(SUMMARY_EVERY_NIMG, (self.hp['report_kimg'] << 10) // 16))
+        save_nimg = self.hp['save_kimg'] << 10
+        history, unwritten = [], []
+        stop = signals.requested and alone  # e.g. asked during the last evaluation
+        while step < epoch_end and not stop:
+            signals.share(session, self.ops['stop_request'])
+            started = time.time()
+            out = session.run(fetch)
+            previous, step = step, out['step']
+            speed.add(step - previous, time.time() - started)
+            if not np.isfinite(out['losses']['loss']) and not self.device.loss_scaling:
+                self._stop_diverged(previous)
+            bar.update(min(step, epoch_end) - previous)
+            history.append(out['losses'])
+            unwritten.append(out['losses'])
+            # Ranks stop on the shared vote, so all after the same step; one process at once.
+            stop = out['stop_vote'] > 0 or (signals.requested and alone)
+            if chief and (step // summary_nimg != previous // summary_nimg or step >= epoch_end
+                          or stop):
+                writer.add_scalars(step, _mean_losses(unwritten), 'losses/')
+                unwritten = []
+            if chief and step // save_nimg != previous // save_nimg and step < epoch_end:
+                self._save(session, step)
+        return step, history, stop
 
     def _stop_diverged(self, step):
         """The loss went non-finite on the weights of `step`: drop checkpoints from there on, stop."""
@@ -202,27 +267,45 @@ class Trainer(object):
                             else 'no good checkpoint was saved'))
 
     def _save(self, session, step):
-        # No .meta file: the graph is always rebuilt from args/args.json.
-        self.saver.save(session, os.path.join(self.checkpoint_dir, 'model.ckpt'), global_step=step,
-                        write_meta_graph=False)
+        """A checkpoint of `step` (once per step). A failed save (full disk, quota, read-only
+        folder) removes its own partial files and stops in one line; older checkpoints stay."""
+        if step == self._saved_step and self._saved_path:
+            return
+        prefix = os.path.join(self.checkpoint_dir, 'model.ckpt')
+        existed = os.path.exists('%s-%d.index' % (prefix, step))
+        try:
+            # No .meta file: the graph is always rebuilt from args/args.json.
+            self._saved_path = self.saver.save(session, prefix, global_step=step,
+                                               write_meta_graph=False)
+        except (tf.errors.OpError, OSError) as e:
+            _remove_partial_saves(self.checkpoint_dir)
+            if not existed:
+                for path in glob.glob('%s-%d.*' % (prefix, step)):
+                    os.remove(path)
+            previous = checkpoints_newest_first(self.checkpoint_dir)
+            raise UserError('could not save the checkpoint of %d images in %s (%s); %s; free space '
+                            'there (or fix its permissions) and rerun the same command to resume'
+                            % (step, self.checkpoint_dir, write_problem(e) or _one_line(e),
+                               'the previous checkpoint %s is intact' % previous[0] if previous
+                               else 'no earlier checkpoint exists'))
+        self._saved_step = step
 
     def _report(self, session, evaluator, writer, step, losses=None, images_per_second=None):
         """Evaluate, print the table, write result.txt / stats.json and the summaries."""
         report = evaluator.evaluate()
         evaluation.write_report(self.run_dir, report, step)
-        _write_scalars(writer, step, dict(evaluation.summary_values(report)))
+        writer.add_scalars(step, dict(evaluation.summary_values(report)))
         progress = {'progress/kimg': step / 1024.,
                     'progress/fraction': step / float(self.hp['total_nimg'])}
         if images_per_second:
             progress['progress/images_per_second'] = images_per_second
-        _write_scalars(writer, step, progress)
+        writer.add_scalars(step, progress)
         line = 'kimg %d' % (step >> 10)
         if losses:
             line += '  ' + '  '.join('%s %.4f' % kv for kv in sorted(losses.items()))
         if images_per_second:
             line += '  %.1f img/s' % images_per_second
         tqdm.write(line + '\n' + evaluation.format_table(report['table']))
-        writer.flush()
         return report
 
     def evaluate_checkpoint(self, checkpoint):
@@ -254,6 +337,91 @@ def read_args(run_dir):
             return json.load(f)
     except ValueError as e:
         raise UserError('%s is not valid JSON (%s)' % (path, e))
+
+
+def checkpoints_newest_first(folder):
+    """The checkpoint prefixes FOLDER/model.ckpt-N that have an index file, highest N first (the
+    files themselves, not tf/checkpoint's list, which a damaged or lost state file would hide)."""
+    found = []
+    for index in glob.glob(os.path.join(folder, 'model.ckpt-*.index')):
+        match = re.match(r'^model\.ckpt-(\d+)\.index$', os.path.basename(index))
+        if match:
+            found.append((int(match.group(1)), index[:-len('.index')]))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+# The parts of a TensorFlow error message that say where, not what (TF 2.x adds a Python stack).
+_WHERE_LINE = re.compile(r'^\s*(File "|Detected at node|Node: |Graph execution error|\[\[|Original stack|'
+                         r'Errors may have originated|$)')
+
+
+def _one_line(error):
+    """What an exception says, on one line of at most 200 characters (no stack or node lines)."""
+    text = str(getattr(error, 'message', None) or error)
+    lines = [line for line in text.splitlines() if not _WHERE_LINE.match(line)]
+    return ' '.join(' '.join(lines or [text]).split())[:200]
+
+
+def signal_name(signum):
+    """SIGTERM for 15, etc."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return 'signal %d' % signum
+
+
+def default_resume_command():
+    """This process's command line, quoted for a shell."""
+    return ' '.join(shlex.quote(arg) for arg in [os.path.basename(sys.executable)] + sys.argv)
+
+
+class StopSignals(object):
+    """While active, SIGTERM and SIGINT ask the loop to stop after the current step; a second
+    one stops at once (the default action). In other threads than the main one: inactive."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None        # the signal this process got
+        self.stopped_at = None    # the step the loop stopped at, when it stopped early
+        self._shared = False
+        self._previous = {}
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    @property
+    def exit_signal(self):
+        """The signal the exit status tells: ours, or SIGTERM when another rank was asked."""
+        return self.signum if self.signum is not None else signal.SIGTERM
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+        for each in self.SIGNALS:  # the next one stops the process at once
+            signal.signal(each, signal.SIG_DFL)
+        sys.stderr.write('\n%s: stopping after this step and saving a checkpoint (send it again '
+                         'to stop at once, unsaved)\n' % signal_name(signum))
+        sys.stderr.flush()
+
+    def share(self, session, stop_request):
+        """Once asked to stop, set this process's stop request: the next step's vote tells every
+        rank, so all stop after the same step."""
+        if self.requested and not self._shared:
+            stop_request.load(1., session)
+            self._shared = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for each in self.SIGNALS:
+                self._previous[each] = signal.signal(each, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for each, handler in self._previous.items():
+            signal.signal(each, handler)
+        self._previous = {}
 
 
 def _remove_partial_saves(folder):
@@ -373,9 +541,3 @@ class TrainingSpeed(object):
 
 def _mean_losses(history):
     return {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
-
-
-def _write_scalars(writer, step, values, prefix=''):
-    summary = tf.Summary(value=[tf.Summary.Value(tag=prefix + tag, simple_value=float(value))
-                                for tag, value in values.items()])
-    writer.add_summary(summary, step)

@@ -2,6 +2,7 @@
 
 import atexit
 import contextlib
+import errno
 import hashlib
 import math
 import functools
@@ -13,6 +14,29 @@ import threading
 
 class UserError(Exception):
     """A problem with the user's input or files; entry points print it as one line and exit 1."""
+
+
+class Stopped(Exception):
+    """A run stopped on request after saving; entry points print the line and exit `status`."""
+
+    def __init__(self, line, status):
+        super(Stopped, self).__init__(line)
+        self.status = status
+
+
+# How a failed write reads when the disk is full, over quota, read-only or not ours; TensorFlow's
+# file errors carry the same strerror text as OSError.
+WRITE_PROBLEMS = tuple(os.strerror(code) for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES))
+
+
+def write_problem(error):
+    """The strerror text of a full-disk / quota / read-only / permission failure, else ''."""
+    text = str(error)
+    for problem in WRITE_PROBLEMS:
+        if problem.lower() in text.lower():
+            return problem
+    return ''
 
 
 def ml_data_dir():
@@ -29,6 +53,12 @@ def atomic_output(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as e:  # pylint: disable=broad-except  # re-raised unless a disk problem
+        problem = '' if isinstance(e, UserError) else write_problem(e)
+        if not problem:
+            raise
+        raise UserError('could not write %s: %s; %s was left as it was (free space there, or '
+                        'write elsewhere, then rerun)' % (path, problem, os.path.basename(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -60,6 +90,10 @@ def cli_main(main):
             sys.stderr.write('error: %s\n' % e)
             sys.stderr.flush()
             sys.exit(1)
+        except Stopped as e:
+            print(e)
+            sys.stdout.flush()
+            sys.exit(e.status)
     return wrapped
 
 
@@ -69,8 +103,11 @@ def ilog2(x):
 
 
 # TensorFlow's C++ start-up and grappler lines (absl format `I0000 00:00:... file.cc:12] ...`) that
-# TF_CPP_MIN_LOG_LEVEL does not silence in recent releases; errors (E, F) still pass.
+# TF_CPP_MIN_LOG_LEVEL does not silence in recent releases; errors (E, F) still pass, but for
+# grappler's "remapper failed" (TF 2.x with oneDNN on some CPUs): an optional rewrite it skips,
+# after which the graph runs unchanged, so not an error of the run.
 NATIVE_LOG_LINE = re.compile(r'^([IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|'
+                             r'E\d{4} [\d:.]+\s+\d+ meta_optimizer\.cc:\d+\] remapper failed|'
                              r'WARNING: All log messages before absl::InitializeLog\(\))')
 
 

@@ -10,10 +10,11 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow.compat.v1 as tf
 
 import tiny_data
 from conftest import ROOT
-from libml import npu_config
+from libml import npu_config, train
 from libml.utils import UserError
 
 LAUNCH = os.path.join(ROOT, 'scripts', 'launch.py')
@@ -116,6 +117,9 @@ def test_a_killed_worker_stops_the_run_and_the_same_command_resumes(tmp_path):
     assert 'Resumed from' in second.stdout and 'kimg 3' in second.stdout
     results = glob.glob(os.path.join(train_dir, '*', '*', 'result.txt'))
     assert len(results) == 1  # rank 0 alone writes
+    folder = os.path.join(os.path.dirname(results[0]), 'tf')
+    for path in train.checkpoints_newest_first(folder):  # the step is read after its update
+        assert int(tf.train.load_variable(path, 'global_step')) == int(path.rsplit('-', 1)[1])
 
 
 def _pids_running(*words):
