@@ -7,8 +7,10 @@ Demo:      python run_sh.py   (no arguments: DEMO_FLAGS below, offline, a few mi
 Flags this file does not know go to realmix.py unchanged (e.g. --arch=smallconv --tsa=linear_schedule).
 """
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from absl import logging
 
 import read_fromobs
 from libml import folders, names
-from libml.utils import UserError, cli_main, write_text_atomic
+from libml.utils import Stopped, UserError, cli_main, write_text_atomic
 
 # `python run_sh.py` with no arguments runs these flags: RealMix (TSA + OOD masking) on scikit-learn's
 # 8x8 digits (built offline when missing), 50 labels, 8 epochs of 8 kimg; about 3 minutes on a
@@ -40,9 +42,10 @@ LOCAL_DATA_DIR, LOCAL_TRAIN_DIR = './data', './experiments'
 OFFLINE_DATASETS = ('digits',)  # create_datasets.py builds these without a download
 # realmix.py flags that would turn training into something else; run_sh.py sets --eval_ckpt itself.
 RESERVED_FLAGS = ('eval_ckpt', 'perform_inference', 'inference_dir', 'inference_ckpt')
-DATA_WAIT_S = 4 * 3600  # how long ranks > 0 wait for rank 0 to stage the data
+DATA_WAIT_S = 4 * 3600  # how long the other ranks of a node wait for its first rank to stage the data
 # How a child script reports its own error (libml.utils.cli_main, absl's flag parser).
 CHILD_ERROR = re.compile(r'^(error: |FATAL Flags parsing error: )', re.M)
+SAVED_STOP = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # realmix.py's exit after a saved stop
 
 FLAGS = flags.FLAGS
 
@@ -125,16 +128,37 @@ def run_script(what, script, args, env):
     """
     cmd = [sys.executable, os.path.join(ROOT, script)] + list(args)
     print('==> %s: %s' % (what, ' '.join(cmd[1:])), flush=True)
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
-    tail = _relay(proc.stderr.fileno(), sys.stderr)
-    status = proc.wait()
+    # Its own session: a SIGINT / SIGTERM reaches the child once, forwarded from here (twice would
+    # stop it at once, unsaved); it saves and exits 128 + the signal.
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    with _forwarding_signals(proc):
+        tail = _relay(proc.stderr.fileno(), sys.stderr)
+        status = proc.wait()
     if status == 0:
         return
+    if status in SAVED_STOP:  # train_and_evaluate still copies the new checkpoints to OBS
+        raise Stopped('==> %s stopped on request after saving a checkpoint (exit status %d); rerun '
+                      'the same job to resume' % (what, status), status)
     if status < 0:
         raise UserError('%s (%s) was killed by signal %d' % (what, script, -status))
     if CHILD_ERROR.search(tail.decode('utf-8', 'replace')):
         sys.exit(status)
     raise UserError('%s (%s) failed with exit status %d; its messages are above' % (what, script, status))
+
+
+@contextlib.contextmanager
+def _forwarding_signals(proc):
+    """While the block runs, SIGINT and SIGTERM to this process go to `proc` instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda num, frame: proc.send_signal(num))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _relay(fd, out, keep=8192):
@@ -313,14 +337,21 @@ def train_and_evaluate(dataset_id, train_dir, extra, env, sync):
     return run
 
 
+def data_stager(environ=None):
+    """The rank that stages the data on this node (its first in the rank table; else rank 0)."""
+    from libml import npu_config  # pylint: disable=import-outside-toplevel  (loads TensorFlow)
+    return npu_config.data_stager(environ)
+
+
 def data_ready_marker(data_dir, dataset_id):
-    """The file rank 0 writes once the data and split are staged and earlier runs restored."""
+    """The file a node's first rank writes once the data and split are staged (rank 0: and earlier
+    runs restored); /cache is node-local, so every node has its own."""
     return os.path.join(data_dir, '.realmix-ready-%s' % dataset_id)
 
 
-def wait_for_rank_0(marker, token, timeout_s=DATA_WAIT_S):
-    """Block until rank 0 has written `token` (this job's) into `marker`."""
-    print('==> waiting for rank 0 to stage the data (%s)' % marker, flush=True)
+def wait_for_rank_0(marker, token, timeout_s=DATA_WAIT_S, stager=0):
+    """Block until rank `stager` (0, or this node's first) has written `token` into `marker`."""
+    print('==> waiting for rank %d to stage the data (%s)' % (stager, marker), flush=True)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if os.path.isfile(marker):
@@ -328,8 +359,8 @@ def wait_for_rank_0(marker, token, timeout_s=DATA_WAIT_S):
                 if f.read() == token:
                     return
         time.sleep(1.)
-    raise UserError('rank 0 did not stage the data within %d s (no %s for this job); see rank '
-                    '0\'s log' % (timeout_s, marker))
+    raise UserError('rank %d did not stage the data within %d s (no %s for this job); see rank '
+                    '%d\'s log' % (stager, timeout_s, marker, stager))
 
 
 def main(argv):
@@ -340,14 +371,16 @@ def main(argv):
     dataset_id = names.dataset_id(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, FLAGS.valid_size)
     env = script_env(data_dir)
     cluster, token = npu_config.job_cluster(), npu_config.job_token()
-    marker = data_ready_marker(data_dir, dataset_id)
-    if not cluster.chief:  # every rank trains; rank 0 alone stages, evaluates and publishes
-        wait_for_rank_0(marker, token)
+    stager, marker = data_stager(), data_ready_marker(data_dir, dataset_id)
+    if not cluster.chief:  # every rank trains; rank 0 alone evaluates and publishes
+        if cluster.rank == stager:  # the first rank of another server stages that node's data
+            stage_and_prepare(data_dir, env)
+            write_text_atomic(marker, token)
+        else:
+            wait_for_rank_0(marker, token, stager=stager)
         run_script('training', 'realmix.py', realmix_flags(dataset_id, train_dir, extra), env)
         return
-    stage_data(FLAGS.data_url, data_dir)
-    prepare_dataset(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, data_dir,
-                    '--data_url=' + FLAGS.data_url if FLAGS.data_url else 'data folder ' + data_dir, env)
+    stage_and_prepare(data_dir, env)
     train_url = '' if same_local_folder(FLAGS.train_url, train_dir) else FLAGS.train_url
     if train_url:
         restore_runs(train_url, dataset_id, train_dir)
@@ -361,6 +394,13 @@ def main(argv):
     table = publish_result(run, train_url)
     print('==> run folder %s%s' % (run, ', copied to ' + train_url if train_url else ''))
     print('==> result.txt\n' + table, end='', flush=True)
+
+
+def stage_and_prepare(data_dir, env):
+    """Stage --data_url into data_dir and make sure the test set and the split are there."""
+    stage_data(FLAGS.data_url, data_dir)
+    prepare_dataset(FLAGS.dataset, FLAGS.seed, FLAGS.label_size, data_dir,
+                    '--data_url=' + FLAGS.data_url if FLAGS.data_url else 'data folder ' + data_dir, env)
 
 
 def demo_argv():

@@ -22,6 +22,7 @@ import time
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
+from libml import rank_table
 from libml.names import DEVICES, PRECISIONS
 from libml.utils import UserError
 
@@ -37,6 +38,16 @@ NPU_MISSING = ('--device=npu needs the Ascend TensorFlow 1.15 image with CANN (n
 # inputs and float32 outputs: the closest to float32 that Ascend 910 compiles. On a 910B,
 # must_keep_origin_dtype here would give true float32.
 NPU_PRECISION_MODE = {'fp32': 'force_fp32', 'mixed': 'allow_mix_precision'}
+
+# HCCL environment defaults, set when the job does not set them (docs/many_devices.md). JOB_ID: the
+# adapter's allreduce reads its job info from the environment and fails without one (npu_common.py);
+# the Ascend ModelZoo scripts set a constant, as scripts/launch.py does. HCCL_EXEC_TIMEOUT: how long a
+# rank waits in a collective (the 910 takes it // 68 * 68; CANN allows up to 17340 s): generous,
+# since the other ranks wait while rank 0 evaluates and the first evaluation compiles its graphs.
+# HCCL_CONNECT_TIMEOUT: how long ranks wait for each other to set up the links (120 to 7200 s).
+DEFAULT_JOB_ID = '10385'
+HCCL_ENV_DEFAULTS = (('JOB_ID', DEFAULT_JOB_ID), ('HCCL_EXEC_TIMEOUT', '7140'),
+                     ('HCCL_CONNECT_TIMEOUT', '1800'))
 
 # /proc/cpuinfo flags that mean the CPU computes bfloat16 natively.
 BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
@@ -139,8 +150,17 @@ def setup(device='auto', precision='fp32', log=print, replicas=1, environ=None,
         if problem:
             log('precision=mixed falls back to fp32 on this CPU: %s' % problem)
             effective = 'fp32'
-    return Device(name, precision, effective, cluster_from_env(name, replicas, environ),
-                  iterations_per_loop)
+    cluster = cluster_from_env(name, replicas, environ)
+    if cluster.engine == 'hccl':
+        hccl_environment(os.environ if environ is None else environ)
+    return Device(name, precision, effective, cluster, iterations_per_loop)
+
+
+def hccl_environment(environ):
+    """Set HCCL_ENV_DEFAULTS where `environ` lacks them (before the first session starts HCCL)."""
+    for name, value in HCCL_ENV_DEFAULTS:
+        if not environ.get(name):
+            environ[name] = value
 
 
 class Cluster(collections.namedtuple('Cluster', 'engine workers rank local_replicas')):
@@ -214,12 +234,39 @@ def _hccl_cluster(environ):
         raise UserError('RANK_ID=%d is outside [0, RANK_SIZE=%d)' % (rank, size))
     if size == 1:
         return SINGLE
-    table = environ.get('RANK_TABLE_FILE', '')
-    if not os.path.isfile(table):
-        raise UserError('RANK_SIZE=%d needs RANK_TABLE_FILE naming the HCCL rank table (%s); '
-                        'ModelArts sets it, locally use scripts/launch.py --engine=hccl '
-                        '--rank_table=FILE' % (size, 'not set' if not table else 'no such file ' + table))
+    ranks = hccl_ranks(environ)
+    if len(ranks) != size:
+        raise UserError('rank table %s lists %d ranks, but RANK_SIZE=%d'
+                        % (environ['RANK_TABLE_FILE'], len(ranks), size))
     return Cluster('hccl', size, rank, 1)
+
+
+def hccl_ranks(environ):
+    """The ranks of the job's HCCL rank table: RANK_TABLE_FILE names it, or the folder holding it."""
+    named = environ.get('RANK_TABLE_FILE', '')
+    table = rank_table.table_file(named)
+    if not table:
+        if not named:
+            problem = 'not set'
+        elif os.path.isdir(named):
+            problem = 'the folder %s holds no rank table (%s or one *.json)' % (
+                named, rank_table.MODELARTS_TABLE)
+        else:
+            problem = 'no such file ' + named
+        raise UserError('RANK_SIZE=%s needs RANK_TABLE_FILE naming the HCCL rank table or its '
+                        'folder (%s); ModelArts sets it, locally use scripts/launch.py '
+                        '--engine=hccl --rank_table=FILE' % (environ.get('RANK_SIZE'), problem))
+    return rank_table.read(table)
+
+
+def data_stager(environ=None):
+    """The rank that stages the job's data on this process's node: the node's first rank of the
+    HCCL rank table (node-local /cache on every server), else rank 0."""
+    environ = os.environ if environ is None else environ
+    cluster = job_cluster(environ)
+    if cluster.engine != 'hccl':
+        return 0
+    return rank_table.node_first_rank(hccl_ranks(environ), cluster.rank)
 
 
 def _multiworker_cluster(text):
@@ -358,13 +405,20 @@ class Device(object):
         return loss / self.cluster.replicas if self.strategy is not None else loss
 
     def broadcast_op(self):
-        """HCCL: an op copying every global variable from rank 0 (run after init or restore)."""
+        """HCCL: an op copying every global variable from rank 0 (run after init or restore): the
+        float variables in one fused call, as Huawei's hook does, each integer counter unfused."""
         if self.cluster.engine != 'hccl':
             return None
         hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
         variables = tf.global_variables()
-        values = hccl_ops.broadcast([tf.identity(v) for v in variables], 0)
-        return tf.group(*[tf.assign(v, value) for v, value in zip(variables, values)])
+        floats = [v for v in variables if v.dtype.base_dtype.is_floating]
+        calls = [(floats, 2)] if floats else []
+        calls += [([v], 0) for v in variables if not v.dtype.base_dtype.is_floating]
+        assigns = []
+        for group, fusion in calls:
+            values = hccl_ops.broadcast([tf.identity(v) for v in group], 0, fusion=fusion)
+            assigns += [tf.assign(v, value) for v, value in zip(group, values)]
+        return tf.group(*assigns)
 
     def leave(self, timeout_s=60.):
         """After the barrier, the chief leaves last: it waits until the other workers' servers

@@ -8,8 +8,10 @@ Every worker runs `python SCRIPT SCRIPT-FLAGS` (the launcher's interpreter, same
 cluster in the environment: TF_CONFIG for TensorFlow's MultiWorkerMirroredStrategy (--engine=tf,
 CPU/GPU; free ports on 127.0.0.1), or RANK_TABLE_FILE/RANK_SIZE/RANK_ID/DEVICE_ID for Ascend HCCL
 (--engine=hccl). Rank 0 prints here; ranks 1..N-1 write LOG_DIR/worker-<i>.log. When a worker
-fails, or the launcher gets SIGINT/SIGTERM, the other workers are stopped (SIGTERM, SIGKILL after
-5 s), one `error:` line says which worker and why, and the exit status is 1.
+fails, the other workers are stopped (SIGTERM, SIGKILL after 5 s), one `error:` line says which
+worker and why, and the exit status is 1. SIGINT / SIGTERM to the launcher send SIGTERM to every
+worker; realmix.py workers finish their step, save and exit 143 (a saved stop, docs/training.md),
+and the launcher waits for them (--stop_grace_s; a second signal: SIGKILL now) and exits 143.
 """
 
 import ctypes
@@ -26,13 +28,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from libml.utils import UserError, cli_main  # noqa: E402
+from libml import rank_table  # noqa: E402
+from libml.utils import Stopped, UserError, cli_main  # noqa: E402
 
 flags.DEFINE_integer('workers', None, 'Number of worker processes (>= 1).')
 flags.DEFINE_enum('engine', 'tf', ['tf', 'hccl'], 'tf: TF_CONFIG for MultiWorkerMirroredStrategy '
                   '(CPU/GPU); hccl: Ascend rank table environment (needs --rank_table).')
 flags.DEFINE_string('rank_table', '', 'HCCL rank table JSON (version 1.0 format) listing exactly '
                     '--workers devices; --engine=hccl only.')
+flags.DEFINE_integer('stop_grace_s', 900, 'After SIGINT / SIGTERM, how long the workers may take '
+                     'to finish their step and save before they are killed.', lower_bound=0)
 # --log_dir (folder of worker-<i>.log for ranks 1..N-1; default a new temporary folder launch-*) is
 # absl.logging's flag of that name, defined when absl.app imports it; this launcher writes no absl
 # log files there itself.
@@ -42,6 +47,7 @@ USAGE = ('usage: launch.py --workers=N [--engine=tf|hccl] [--rank_table=FILE] [-
          'SCRIPT [SCRIPT FLAGS...]')
 POLL_S = 0.2          # how often the children are polled
 GRACE_S = 5.0         # SIGTERM, then SIGKILL after this long
+SAVED_STOP = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # a worker's exit after a saved stop
 DEFAULT_JOB_ID = '10385'  # as the Ascend ModelZoo launch scripts
 CLUSTER_VARS = ('TF_CONFIG', 'RANK_TABLE_FILE', 'RANK_SIZE', 'RANK_ID')
 
@@ -99,49 +105,24 @@ def tf_envs(n):
 
 
 def read_rank_table(path, n):
-    """The device_id of each rank 0..n-1 from a HCCL rank table (version 1.0 format)."""
-    def bad(why):
-        return UserError('rank table %s: %s' % (path, why))
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError('cannot read rank table %s: %s' % (path, getattr(e, 'strerror', None) or e))
-    except ValueError as e:
-        raise bad('not JSON (%s)' % str(e).splitlines()[0])
-    servers = table.get('server_list') if isinstance(table, dict) else None
-    if not isinstance(servers, list) or not servers:
-        raise bad('no server_list (expected the version 1.0 format: {"version": "1.0", '
-                  '"server_count": "1", "server_list": [{"server_id": ..., "device": [...]}]})')
-    if len(servers) != 1:
-        raise bad('lists %d servers; this launcher starts the workers of one machine'
-                  % len(servers))
-    devices = servers[0].get('device') if isinstance(servers[0], dict) else None
-    if not isinstance(devices, list):
-        raise bad('server_list[0] has no device list')
-    if len(devices) != n:
-        raise bad('lists %d devices but --workers=%d' % (len(devices), n))
-    device_of = {}
-    for entry in devices:
-        try:
-            rank, device = int(entry['rank_id']), str(int(entry['device_id']))
-        except (TypeError, KeyError, ValueError):
-            raise bad('device entry %s needs integer rank_id and device_id'
-                      % json.dumps(entry, sort_keys=True))
-        if rank in device_of or device in device_of.values():
-            raise bad('rank_id %d or device_id %s listed twice' % (rank, device))
-        device_of[rank] = device
-    if sorted(device_of) != list(range(n)):
-        raise bad('rank_ids are %s; expected 0..%d' % (sorted(device_of), n - 1))
-    return [device_of[r] for r in range(n)]
+    """The logical device id of each rank 0..n-1 from a HCCL rank table of one server: the position
+    of its device_id among the table's, as a container exposing only those chips numbers them."""
+    ranks = rank_table.read(path)
+    count = len(rank_table.servers(ranks))
+    if count != 1:
+        raise UserError('rank table %s: lists %d servers; this launcher starts the workers of one '
+                        'machine' % (path, count))
+    if len(ranks) != n:
+        raise UserError('rank table %s: lists %d devices but --workers=%d' % (path, len(ranks), n))
+    return [str(rank_table.logical_device(ranks, r)) for r in range(n)]
 
 
-def hccl_envs(n, rank_table):
-    """Per rank: the variables to set for Ascend HCCL (rank table, rank, device)."""
-    if not rank_table:
+def hccl_envs(n, table):
+    """Per rank: the variables to set for Ascend HCCL (rank table, rank, logical device, job id)."""
+    if not table:
         raise UserError('--engine=hccl needs --rank_table=FILE (a HCCL rank table JSON)')
-    devices = read_rank_table(rank_table, n)
-    path = os.path.abspath(rank_table)
+    devices = read_rank_table(table, n)
+    path = os.path.abspath(table)
     job_id = os.environ.get('JOB_ID') or DEFAULT_JOB_ID
     return [{'RANK_TABLE_FILE': path, 'RANK_SIZE': str(n), 'RANK_ID': str(r),
              'DEVICE_ID': devices[r], 'ASCEND_DEVICE_ID': devices[r], 'JOB_ID': job_id}
@@ -196,12 +177,17 @@ class Workers:
                 log.close()
 
     def first_failure(self):
-        """(rank, status) of a worker that exited non-zero, or None; 'done' when all exited 0."""
+        """(rank, status) of a worker that failed, or None; 'done' when all exited 0 or stopped
+        on request (exit 128 + SIGINT/SIGTERM: the others stop after the same step)."""
         codes = [p.poll() for p in self.procs]
         for rank, code in enumerate(codes):
-            if code not in (None, 0):
+            if code not in (None, 0) + SAVED_STOP:
                 return rank, code
-        return 'done' if all(code == 0 for code in codes) else None
+        return 'done' if None not in codes else None
+
+    def saved_stop(self):
+        """The exit status of a saved stop when a worker made one, else None."""
+        return next((p.returncode for p in self.procs if p.returncode in SAVED_STOP), None)
 
     def signal_all(self, sig):
         """Signal each worker's process group (a worker that exited may have left children)."""
@@ -211,11 +197,11 @@ class Workers:
             except OSError:  # the group is empty
                 pass
 
-    def stop(self, hurry=lambda: False):
-        """SIGTERM every running worker's group, SIGKILL what is left after GRACE_S (sooner when
-        hurry()), and reap them all."""
+    def stop(self, hurry=lambda: False, grace_s=GRACE_S):
+        """SIGTERM every running worker's group, SIGKILL what is left after `grace_s` (sooner
+        when hurry()), and reap them all."""
         self.signal_all(signal.SIGTERM)
-        deadline = time.time() + GRACE_S
+        deadline = time.time() + grace_s
         while any(p.poll() is None for p in self.procs) and time.time() < deadline and not hurry():
             time.sleep(0.05)
         self.signal_all(signal.SIGKILL)
@@ -281,13 +267,19 @@ def main(argv):
             time.sleep(POLL_S)
     finally:
         if failure != 'done':
-            # A signal that arrives while stopping skips the rest of the grace period.
+            # SIGTERM to each worker; asked to stop, they get time to save (a worker failed:
+            # GRACE_S). A signal that arrives while stopping skips the rest.
             first = len(received)
-            workers.stop(hurry=lambda: len(received) > first)
+            workers.stop(hurry=lambda: len(received) > first,
+                         grace_s=FLAGS.stop_grace_s if received else GRACE_S)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-    if failure == 'done':
+    saved = workers.saved_stop()
+    if failure == 'done' and saved is None:
         return 0
+    if failure in ('done', None) and saved is not None:
+        raise Stopped('launch: the workers stopped on request after saving a checkpoint (exit '
+                      'status %d); rerun the same command to resume' % saved, saved)
     if failure is None:
         raise UserError('launcher got %s; stopped all %d workers%s'
                         % (signal_name(received[0]), n, '; ' + where if log_dir else ''))

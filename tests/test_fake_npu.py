@@ -1,6 +1,6 @@
 """The fake npu_bridge (tests/fake_npu) against the real adapter's API, TF Adapter r1.7.0.
 
-The facts come from /work/shared/npu_bridge/API.md (read from github.com/Ascend/tensorflow,
+The facts come from docs/npu_bridge_api.md (read from github.com/Ascend/tensorflow,
 branch r1.7.0 @ fbfb1f0): signatures and defaults, loss-scale manager arithmetic, the
 overflow skip of NPULossScaleOptimizer, the NpuOptimizer session-option keys and precision
 modes, the import chain through CANN's hccl package, and the data-parallel pieces.
@@ -463,15 +463,20 @@ def test_allreduce_types_reductions_and_emulated_ranks(npu, checks, monkeypatch)
     assert [list(o) for o in out] == [[4, -8], [1, -2], [1, 16], [4.0, 8.0], [7, 7, 7, 7]]
 
 
-def test_broadcast_takes_and_returns_lists(npu, monkeypatch):
+def test_broadcast_takes_and_returns_lists_and_fuses_one_type_only(npu, monkeypatch):
     monkeypatch.setenv('RANK_SIZE', '2')
     with tf.Graph().as_default():
         with pytest.raises(TypeError, match='list'):
             npu.hccl_ops.broadcast(tf.zeros([2]), 0)
         with pytest.raises(ValueError, match='root_rank'):
             npu.hccl_ops.broadcast([tf.zeros([2])], 2)
-        out = npu.hccl_ops.broadcast([tf.zeros([2]), tf.constant(3, tf.int64)], 1)
+        mixed = [tf.zeros([2]), tf.constant(3, tf.int64)]
+        with pytest.raises(TypeError, match=r'fused call \(fusion=2\) of several types '
+                                            r'\(float32, int64\)'):
+            npu.hccl_ops.broadcast(mixed, 0)
+        out = npu.hccl_ops.broadcast(mixed, 1, fusion=0)
         assert isinstance(out, list) and [t.dtype for t in out] == [tf.float32, tf.int64]
+        assert len(npu.hccl_ops.broadcast([tf.zeros([2]), tf.ones([3])], 0)) == 2
 
 
 def _distributed_step(npu):
@@ -546,9 +551,89 @@ def test_set_iteration_per_loop_checks_and_groups_the_train_op(npu, checks):
             assert names == ['npu_runconfig/' + n for n in
                              ('iterations_per_loop', 'loop_cond', 'one', 'zero')]
             assert all(v.dtype.base_dtype == tf.int64 for v in tf.local_variables())
-            sess.run(looped)
+            assert sess.run(tf.get_collection('npu_runconfig_iterations_per_loop')) == [9]
+            # This session's iterations_per_loop is 1 (no NpuOptimizer option), the loop's 10.
+            with pytest.raises(RuntimeError, match='loaded for 10 iterations.*option '
+                                                   'iterations_per_loop is 1'):
+                sess.run(looped)
     assert [c.args['iterations_per_loop'] for c in checks.calls('set_iteration_per_loop')] == \
         [10, 2.0, 0, 1, 10]
+
+
+def _loop_graph(one_shot=False):
+    """A counter step fed by an iterator over 0, 1, 2, ...: (graph, train_op, x, step, total)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        dataset = tf.data.Dataset.range(1000)
+        if one_shot:
+            x = tf.data.make_one_shot_iterator(dataset).get_next()
+        else:
+            iterator = tf.data.make_initializable_iterator(dataset)
+            tf.add_to_collection('inits', iterator.initializer)
+            x = iterator.get_next()
+        step = tf.train.get_or_create_global_step()
+        total = tf.get_variable('total', [], tf.int64, tf.zeros_initializer())
+        train_op = tf.group(tf.assign_add(step, 1), tf.assign_add(total, x))
+        tf.add_to_collection('inits', tf.global_variables_initializer())
+    return graph, train_op, x, step, total
+
+
+def _loop_session(graph, **params):
+    """A session on `graph` with the NPU config (iterations_per_loop, data offload given)."""
+    sess = tf.Session(graph=graph, config=_config(**params))
+    sess.run(graph.get_collection('inits'))
+    return sess
+
+
+def test_the_device_loop_runs_the_step_n_times_and_fetches_the_last_iteration(npu, checks):
+    graph, train_op, x, step, total = _loop_graph()
+    with _loop_session(graph, iterations_per_loop=4, enable_data_pre_proc=True) as sess:
+        looped = npu.util.set_iteration_per_loop(sess, train_op, 4)
+        graph.finalize()
+        first = sess.run({'op': looped, 'x': x})
+        assert first['x'] == 3 and sess.run([step, total]) == [4, 0 + 1 + 2 + 3]
+        second = sess.run({'op': looped, 'x': x})
+        assert second['x'] == 7 and sess.run([step, total]) == [8, 28]
+        sess.run(train_op)  # the bare step runs once, as on the card
+        assert sess.run(step) == 9
+
+
+def test_load_iteration_per_loop_var_works_on_a_finalized_graph(npu, checks):
+    graph, train_op, x, step, _ = _loop_graph()
+    loop = npu.util.IterationPerLoop()
+    looped = loop.create_iteration_per_loop_var(train_op)  # while building the graph
+    assert looped.name == 'IterationOp'
+    graph.finalize()
+    with _loop_session(graph, iterations_per_loop=3, enable_data_pre_proc=True) as sess:
+        loop.load_iteration_per_loop_var(sess, 3)
+        sess.run(looped)
+        assert sess.run(step) == 3
+    [load] = checks.calls('load_iteration_per_loop_var')
+    assert load.args['iterations_per_loop'] == 3
+
+
+@pytest.mark.parametrize('case, words', [
+    ('other count', ['loaded for 4 iterations', 'iterations_per_loop is 2']),
+    ('no data offload', ['needs enable_data_pre_proc']),
+    ('one-shot iterator', ['OneShotIterator']),
+    ('renamed loop op', ["named 'IterationOp_1'", 'exactly']),
+    ('never loaded', ['never loaded']),
+])
+def test_the_device_loop_refuses_what_the_adapter_refuses_or_would_not_loop(npu, case, words):
+    graph, train_op, _, step, _ = _loop_graph(one_shot=case == 'one-shot iterator')
+    params = dict(iterations_per_loop=2 if case == 'other count' else 4,
+                  enable_data_pre_proc=case != 'no data offload')
+    with _loop_session(graph, **params) as sess:
+        if case == 'never loaded':
+            looped = npu.util.IterationPerLoop().create_iteration_per_loop_var(train_op)
+        else:
+            looped = npu.util.set_iteration_per_loop(sess, train_op, 4)
+        if case == 'renamed loop op':
+            looped = npu.util.set_iteration_per_loop(sess, train_op, 4)  # a second group
+        with pytest.raises(RuntimeError, match='refused session.run') as info:
+            sess.run(looped)
+        assert all(w in str(info.value) for w in words), str(info.value)
+        assert sess.run(step) == 0
 
 
 def test_broadcast_hook_broadcasts_trainable_variables_only(npu, checks, monkeypatch):

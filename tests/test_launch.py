@@ -124,7 +124,16 @@ def test_hccl_two_devices(tmp_path):
         assert 'TF_CONFIG' not in env
         assert env['RANK_TABLE_FILE'] == table and env['RANK_SIZE'] == '2'
         assert env['RANK_ID'] == str(rank) and env['JOB_ID']
-        assert env['DEVICE_ID'] == env['ASCEND_DEVICE_ID'] == ('6', '2')[rank]
+        # Logical ids, as in a container showing chips 2 and 6 only: 0 is chip 2, 1 is chip 6.
+        assert env['DEVICE_ID'] == env['ASCEND_DEVICE_ID'] == ('1', '0')[rank]
+
+
+def test_hccl_device_ids_are_logical_as_huawei_s_launch_scripts_set_them(tmp_path):
+    rank_table(tmp_path, {0: 4, 1: 5})  # the last chips of a server, as a container shows them
+    result, _ = launch(tmp_path, '--workers=2', '--engine=hccl', '--rank_table=rank_table.json',
+                       '--log_dir=logs', worker(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert [rec['env']['ASCEND_DEVICE_ID'] for rec in records(tmp_path, 2)] == ['0', '1']
 
 
 def test_failing_worker_stops_the_others(tmp_path):
@@ -170,6 +179,46 @@ def test_signal_stops_all_workers(tmp_path, sig):
     assert_one_line_error(proc.returncode, err, signal.Signals(sig).name, 'stopped all 2 workers')
     for rec in records(tmp_path, 2):
         assert_gone(rec['pid'])
+
+
+# A stand-in of realmix.py's saved stop: on SIGTERM (or once another rank saved: the vote) it takes
+# a second to save, writes saved-<rank>, and exits 128 + SIGTERM.
+SAVING_WORKER = '''
+import signal
+asked = []
+signal.signal(signal.SIGTERM, lambda num, frame: asked.append(num))
+while not asked and not any(os.path.exists(os.path.join(OUT, 'saved-%d' % r)) for r in range(2)):
+    time.sleep(0.05)
+time.sleep(1.0)
+open(os.path.join(OUT, 'saved-%d' % RANK), 'w').close()
+sys.exit(128 + signal.SIGTERM)
+'''
+
+
+@pytest.mark.parametrize('target', ['launcher', 'rank 1'])
+def test_a_saved_stop_lets_every_worker_save_and_exits_with_its_status(tmp_path, target):
+    script = worker(tmp_path, SAVING_WORKER)
+    proc = subprocess.Popen([sys.executable, LAUNCH, '--workers=2', '--log_dir=logs', script],
+                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        deadline = time.time() + 30
+        while not all((tmp_path / ('rank-%d.json' % r)).exists() for r in range(2)):
+            assert time.time() < deadline and proc.poll() is None, proc.poll()
+            time.sleep(0.05)
+        if target == 'launcher':
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(records(tmp_path, 2)[1]['pid'], signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert 'error:' not in err and out.splitlines()[-1].startswith(
+        'launch: the workers stopped on request after saving a checkpoint (exit status 143)')
+    assert (tmp_path / 'saved-0').exists() and (tmp_path / 'saved-1').exists()  # none killed
 
 
 def test_bad_input(tmp_path):

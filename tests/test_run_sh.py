@@ -3,7 +3,9 @@
 import glob
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -213,3 +215,27 @@ def test_a_rank_waits_for_this_job_s_marker_not_an_old_one(tmp_path, monkeypatch
         f.write('an earlier job')
     with pytest.raises(run_sh.UserError, match='rank 0 did not stage the data within 1 s'):
         run_sh.wait_for_rank_0(marker, 'this job', timeout_s=1)
+
+
+def test_sigterm_to_the_job_saves_copies_the_checkpoint_out_and_exits_143(tmp_path):
+    """ModelArts stops a job with SIGTERM: run_sh.py passes it on once, realmix.py finishes its
+    step and saves, the new checkpoint reaches --train_url, and the job exits 128 + 15."""
+    write_tiny_dataset(str(tmp_path / 'bucket_data'), with_split=True)
+    args = [a for a in job_args(tmp_path, epochs=200) if not a.startswith('--train_kimg')]
+    env = dict(os.environ, ML_DATA=str(tmp_path / 'data'))
+    env.pop('MA_JOB_DIR', None)
+    proc = subprocess.Popen([sys.executable, SCRIPT] + args + ['--train_kimg=200'], cwd=str(tmp_path),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not glob.glob(str(tmp_path / 'cache' / 'experiments' / RUN_GLOB / 'tf' / 'model.ckpt-*.index')):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert 'Traceback' not in err and 'error:' not in err, err
+    stopped = re.search(r'^Stopped by SIGTERM at (\d+) images', out, re.M)
+    assert stopped and out.rstrip().splitlines()[-1].startswith(
+        '==> training stopped on request after saving a checkpoint (exit status 143)'), out
+    run = glob.glob(str(tmp_path / 'out' / RUN_GLOB))[0]
+    assert os.path.isfile(os.path.join(run, 'tf', 'model.ckpt-%s.index' % stopped.group(1)))

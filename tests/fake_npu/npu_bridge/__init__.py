@@ -1,7 +1,7 @@
 """Test double of Huawei's `npu_bridge` (the Ascend TF Adapter for TensorFlow 1.15).
 
 Follows TF Adapter release branch r1.7.0 (github.com/Ascend/tensorflow @ fbfb1f0, 2022-02-14),
-as extracted in /work/shared/npu_bridge/API.md: same module paths, signatures, defaults and
+as extracted in docs/npu_bridge_api.md: same module paths, signatures, defaults and
 errors for every name it has; differences of other releases are noted where they matter. It
 is a subset: only what libml uses, plus the data-parallel pieces a later scale-out will need.
 

@@ -7,7 +7,7 @@
   ('allreduce', 'broadcast', 'initialize_system', 'set_iteration_per_loop', ...).
 - `constructed(obj)`: the constructor arguments of a fake object.
 - `session_config_problems(config, graph=None, release=RELEASE)` / `validate_session_config`:
-  the NpuOptimizer session options checked against the adapter's documented keys (API.md
+  the NpuOptimizer session options checked against the adapter's documented keys (docs/npu_bridge_api.md
   section 6), stricter than the adapter, which ignores unknown keys and unchecked values.
 """
 import fake_npu_state

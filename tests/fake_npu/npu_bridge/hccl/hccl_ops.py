@@ -5,10 +5,17 @@ that all hold the same tensor: allreduce 'sum' gives x * RANK_SIZE, 'max'/'min' 
 gives x ** RANK_SIZE; broadcast returns its inputs; allgather stacks RANK_SIZE copies. Argument
 and dtype checks are those of the real ops (HcomAllReduce has no int64/float64 through r1.8.0;
 master adds int64 and bfloat16), plus HCCL's documented rule that an allreduce input may not
-come straight from a variable. Every call is recorded (`npu_bridge.fake_checks.calls`).
+come straight from a variable. Stricter than the adapter (whose HcomBroadcast takes a list of any
+types): a fused broadcast (fusion != 0) of tensors of more than one dtype is refused, since one
+fused HCCL buffer holds one type and Huawei's own code (NPUBroadcastGlobalVariablesHook,
+r1.3.0+) broadcasts the trainable (float) variables only. Every call is recorded
+(`npu_bridge.fake_checks.calls`). With env FAKE_NPU_HCCL_DIR the worker processes of a simulated
+job exchange allreduce and broadcast values for real (tests/fake_npu/fake_npu_exchange.py).
 """
+import numpy as np
 import tensorflow.compat.v1 as tf
 
+import fake_npu_exchange
 import fake_npu_state
 
 WORLD = 'hccl_world_group'
@@ -46,6 +53,9 @@ def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group=WORLD):
     _check_group(group)
     size = fake_npu_state.rank_size()
     with tf.name_scope('HcomAllReduce'):
+        if fake_npu_exchange.folder():
+            combine = {'sum': np.sum, 'prod': np.prod, 'max': np.max, 'min': np.min}[reduction]
+            return fake_npu_exchange.collective(tensor, size, lambda v: combine(v, axis=0))
         if reduction == 'sum':
             return tensor * tf.cast(size, tensor.dtype)
         if reduction == 'prod':
@@ -64,7 +74,15 @@ def broadcast(tensor, root_rank, fusion=2, fusion_id=0, group=WORLD):
         raise ValueError('broadcast: root_rank must be an int in [0, RANK_SIZE=%d), got %r'
                          % (fake_npu_state.rank_size(), root_rank))
     _check_group(group)
+    dtypes = sorted(set(tf.convert_to_tensor(t).dtype.base_dtype.name for t in tensor))
+    if fusion != 0 and len(dtypes) > 1:
+        raise TypeError('broadcast: one fused call (fusion=%r) of several types (%s); broadcast '
+                        'each type on its own, or with fusion=0' % (fusion, ', '.join(dtypes)))
     with tf.name_scope('HcomBroadcast'):
+        if fake_npu_exchange.folder():
+            size = fake_npu_state.rank_size()
+            return [fake_npu_exchange.collective(tf.convert_to_tensor(t), size,
+                                                 lambda v: v[root_rank]) for t in tensor]
         return [tf.identity(t) for t in tensor]
 
 

@@ -1,6 +1,6 @@
 """Fake `npu_bridge.estimator.npu.npu_loss_scale_optimizer.NPULossScaleOptimizer` (r1.7.0).
 
-Real behaviour (API.md section 2): `compute_gradients` multiplies the loss by the manager's scale,
+Real behaviour (docs/npu_bridge_api.md section 2): `compute_gradients` multiplies the loss by the manager's scale,
 runs the inner optimizer's `compute_gradients` and multiplies the gradients by 1/scale.
 `apply_gradients` reads the device's float-status overflow flags (NpuAllocFloatStatus ->
 NpuGetFloatStatus after all gradients -> NpuClearFloatStatus; with `is_distributed=True` the status
