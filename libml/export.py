@@ -19,7 +19,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from libml import data, graph_audit
 from libml.graph import build_graph
 from libml.train import CheckedRestore, checkpoint_path, read_args
-from libml.utils import UserError, write_text_atomic
+from libml.utils import UserError, write_problem, write_problems_reported, write_text_atomic
 
 FORMATS = ('pb', 'savedmodel')
 INPUT = 'images'
@@ -247,7 +247,8 @@ def atomic_folder(path):
         shutil.rmtree(tmp)
     os.mkdir(tmp)
     try:
-        yield tmp
+        with write_problems_reported(path):
+            yield tmp
         if os.path.exists(path):
             raise UserError('output folder %s appeared during the export; nothing written' % path)
         os.rename(tmp, path)
@@ -280,6 +281,8 @@ def export(run_dir, out_dir=None, step=None, formats=FORMATS, batch=1, log=print
             if 'savedmodel' in formats:
                 write_savedmodel(freeze(hp, checkpoint, None), os.path.join(tmp, SAVEDMODEL_DIR))
         except tf.errors.OpError as e:  # an unreadable or truncated checkpoint
+            if write_problem(e):
+                raise  # reported by atomic_folder: the disk, not the checkpoint
             raise UserError('cannot read checkpoint %s: %s; export another step with --ckpt'
                             % (checkpoint, _error_text(e)))
         write_text_atomic(os.path.join(tmp, INFO_NAME),

@@ -36,7 +36,8 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
 
             def replica_step(inputs):
                 labeled_batch, unlabeled_batch = inputs
-                losses = method.losses(labeled_batch, unlabeled_batch, classify, hp, step, nclass)
+                student = models.with_teacher(classify, evaluation.ema_getter(ema))
+                losses = method.losses(labeled_batch, unlabeled_batch, student, hp, step, nclass)
                 train_op = training_update(device.replica_loss(losses['loss']), hp, step, optimizer,
                                            ema, images_per_step)
                 losses[STOP_VOTE] = stop_request.read_value()

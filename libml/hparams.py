@@ -85,16 +85,29 @@ COMMON_FLAGS = [
 NOT_IN_RUN_NAME = ('dataset', 'train_kimg', 'report_kimg', 'save_kimg', 'keep_ckpt', 'epochs',
                    'tune_kimg', 'eval_batch', 'nclass', 'img_size', 'device', 'total_nimg',
                    'height', 'width', 'colors', 'class_names', 'whiten_stats', 'replicas',
-                   'lr_scaling', 'iterations_per_loop')
+                   'lr_scaling', 'iterations_per_loop', 'names_revision')
+
+# args.json's `names_revision`: 2 since --method=mixup is the reference's semi-supervised MixUp;
+# a run saved before it (none) under a name in RENAMED was trained by the method of the new name.
+NAMES_REVISION = 2
+RENAMED = {'mixup': 'fs_mixup'}
 
 
 def merge(specs):
-    """Specs in order, each name once; UserError when two methods define one flag differently."""
+    """Specs in order, each name once; UserError when two methods define one flag differently
+    (the default may differ: each method keeps its own, see `from_flags`)."""
     merged = collections.OrderedDict()
     for spec in specs:
-        if merged.setdefault(spec.name, spec) != spec:
+        if merged.setdefault(spec.name, spec)._replace(default=None) != spec._replace(default=None):
             raise UserError('flag --%s is defined twice with different settings' % spec.name)
     return list(merged.values())
+
+
+def flag_value(flag, spec):
+    """A parsed flag's value; the method's own default when the command line did not set it."""
+    if not getattr(flag, 'present', True) and flag.value == getattr(flag, 'default', flag.value):
+        return spec.default
+    return flag.value
 
 
 def define_flags(absl_flags, specs):
@@ -107,7 +120,7 @@ def define_flags(absl_flags, specs):
 def from_flags(flag_values, method, specs, dataset, replicas=1):
     """The checked hyperparameters of a run of `method` from parsed absl flags (`specs` names),
     trained by `replicas` replicas in all."""
-    values = dict((spec.name, flag_values[spec.name].value) for spec in specs)
+    values = dict((spec.name, flag_value(flag_values[spec.name], spec)) for spec in specs)
     hp = hyper_parameters(dict(values, method=method, replicas=replicas), dataset)
     check_flags(hp, specs)
     return hp
@@ -122,6 +135,7 @@ def hyper_parameters(values, dataset):
     hp['augment'] = auto_augment(hp['augment'], dataset.name)
     report_nimg = hp['report_kimg'] << 10
     hp['total_nimg'] = min(hp['train_kimg'] << 10, hp['epochs'] * report_nimg)
+    hp['names_revision'] = NAMES_REVISION
     hp.update(dataset=dataset.dataset_id, height=dataset.height, width=dataset.width,
               colors=dataset.colors, nclass=dataset.nclass, class_names=dataset.class_names)
     if hp.get('whiten'):  # measured once and kept in args.json: evaluation and export reuse them
@@ -165,8 +179,17 @@ def check_run_folder(run_dir, hp):
     saved = train.read_args(run_dir)
     if saved is None:
         return
+    check_not_renamed(run_dir, saved)
     differing = ['--%s=%s here, %s in the run' % (k, hp.get(k), saved.get(k))
                  for k in ['method'] + run_name_keys(hp) if saved.get(k) != hp.get(k)]
     if differing:
         raise UserError('%s belongs to another model (%s); use another --train_dir or remove the '
                         'folder' % (run_dir, '; '.join(differing)))
+
+
+def check_not_renamed(run_dir, saved):
+    """UserError, one line, for a run saved under a --method name that now means another method."""
+    old = saved.get('method')
+    if old in RENAMED and saved.get('names_revision', 1) < NAMES_REVISION:
+        raise UserError('%s was trained by the old --method=%s, which is now --method=%s; use that '
+                        'name (--method=%s is now another method)' % (run_dir, old, RENAMED[old], old))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from libml import data, evaluation, folders, graph, records
+from libml import data, evaluation, folders, graph, hparams, records
 from libml.train import args_path, checkpoint_path, read_args
 from libml.utils import UserError, atomic_output
 
@@ -18,6 +18,7 @@ def run_args(checkpoint):
     if hp is None:
         raise UserError('%s has no %s, so the network cannot be rebuilt; keep checkpoints inside '
                         'their run folder (RUN/tf/)' % (checkpoint, args_path(run_dir)))
+    hparams.check_not_renamed(run_dir, hp)
     return run_dir, hp
 
 

@@ -104,7 +104,8 @@ def sharpen(p, temperature):
 
 
 def sample_beta(alpha, shape):
-    """Beta(alpha, alpha) samples from two Gamma draws (tf.distributions is gone from TF 2.x)."""
+    """Beta(alpha, alpha) samples from two Gamma draws (tf.distributions is gone from TF 2.x);
+    every MixUp coefficient is drawn here, so tests replace it to fix the draw."""
     a = tf.random.gamma(shape, alpha)
     b = tf.random.gamma(shape, alpha)
     return a / (a + b)
@@ -118,8 +119,22 @@ def mixup(images, targets, beta):
     count = int(images.shape[0])
     lam = sample_beta(beta, [count])
     lam = tf.maximum(lam, 1 - lam)
-    partner = tf.random.shuffle(tf.range(count))
-    return mix_with(images, targets, lam, partner)
+    return mix_with(images, targets, lam, random_permutation(count))
+
+
+def random_permutation(count):
+    """A random order of 0..count-1 (MixUp partners); tests replace it to fix the draw."""
+    return tf.random.shuffle(tf.range(count))
+
+
+def random_normal(shape):
+    """Standard normal noise (VAT's first direction); tests replace it to fix the draw."""
+    return tf.random.normal(shape)
+
+
+def mix_with_reverse(images, targets, lam):
+    """MixUp of each example with the one at the mirrored position of the batch, weights lam [N]."""
+    return mix_with(images, targets, lam, tf.range(int(images.shape[0]) - 1, -1, -1))
 
 
 def mix_with(images, targets, lam, partner):

@@ -124,6 +124,14 @@ def make_classifier(arch, nclass, scales, filters, repeat, bn_momentum=0.999, wh
     return classify
 
 
+def with_teacher(classify, teacher_getter):
+    """classify(x, training, update_stats=True, getter=None, teacher=False): with teacher=True it
+    reads the weights' moving averages (the EMA teacher of mean teacher and ICT)."""
+    def student_or_teacher(x, training, update_stats=True, getter=None, teacher=False):
+        return classify(x, training, update_stats, teacher_getter if teacher else getter)
+    return student_or_teacher
+
+
 def classifier_from_hp(hp):
     """The classifier a run's hyperparameters (args.json) describe."""
     return make_classifier(hp['arch'], int(hp['nclass']), hp['scales'], hp['filters'], hp['repeat'],

@@ -51,17 +51,26 @@ def atomic_output(path):
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, '.%s.tmp-%d' % (os.path.basename(path), os.getpid()))
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with write_problems_reported(path):
+            yield tmp
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def write_problems_reported(path):
+    """A full disk, quota, read-only or forbidden folder met inside: one UserError naming `path`
+    (written under a temporary name, so `path` itself is as it was)."""
+    try:
+        yield
     except Exception as e:  # pylint: disable=broad-except  # re-raised unless a disk problem
         problem = '' if isinstance(e, UserError) else write_problem(e)
         if not problem:
             raise
         raise UserError('could not write %s: %s; %s was left as it was (free space there, or '
                         'write elsewhere, then rerun)' % (path, problem, os.path.basename(path)))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def file_md5(path):

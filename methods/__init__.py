@@ -5,7 +5,8 @@
     FLAGS            the method's own flags (libml.hparams.Flag); they name its runs
     losses(labeled_batch, unlabeled_batch, classify, hp, images_seen, nclass)
                      -> dict(loss=..., xe=..., other scalars to log); unlabeled_batch is None
-                        when NEEDS_UNLABELED is False
+                        when NEEDS_UNLABELED is False; classify(x, training, update_stats=True,
+                        teacher=False) gives logits, with the EMA weights when teacher=True
 
 A new method is one new module here: it is found by its file and selected with --method=NAME.
 """

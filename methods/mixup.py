@@ -1,30 +1,27 @@
-"""MixUp-supervised, the reference's `fs_mixup` baseline: MixUp on the labeled batch only.
-
-Each example is mixed with the one at the mirrored position of the (shuffled) batch, weight
-max(lam, 1 - lam) with lam ~ Beta(beta, beta), and trained with cross-entropy on the mixed targets.
-The reference's fs_mixup defaults to beta 0.5; here --beta is RealMix's flag (0.75 by default).
-"""
+"""MixUp, semi-supervised (Zhang et al. 2018 as the reference's `mixup.py`): the labeled batch and
+the unlabeled batch, each mixed with its own reverse; the unlabeled targets are the model's
+predictions, mixed the same way. Loss: cross-entropy on both. The labeled-only baseline: fs_mixup."""
 
 import tensorflow.compat.v1 as tf
 
-from libml import layers
-from methods import realmix
+from libml import consistency, layers
+from methods import fs_mixup, realmix
 
 NAME = 'mixup'
-NEEDS_UNLABELED = False
-FLAGS = [realmix.BETA]
+NEEDS_UNLABELED = True
+FLAGS = [realmix.BETA._replace(default=0.5)]
 
 
 def losses(labeled_batch, unlabeled_batch, classify, hp, images_seen, nclass):
-    """Cross-entropy of the MixUp of the labeled batch with its reverse."""
-    del unlabeled_batch, images_seen
-    images = labeled_batch['image']
-    count = int(images.shape[0])
-    lam = layers.sample_beta(hp['beta'], [count])
-    mixed_images, mixed_targets, _ = layers.mix_with(
-        images, tf.one_hot(labeled_batch['label'], nclass), tf.maximum(lam, 1 - lam),
-        tf.range(count - 1, -1, -1))
-    logits = classify(mixed_images, training=True, update_stats=True)
-    loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits_v2(labels=mixed_targets,
-                                                                      logits=logits))
-    return dict(loss=loss, xe=loss)
+    """The loss of one MixUp step (one view of the unlabeled batch is used)."""
+    del images_seen
+    images_x, targets_x = fs_mixup.mix_labeled(labeled_batch, hp['beta'], nclass)
+    loss_xe = consistency.cross_entropy(targets_x, classify(images_x, training=True,
+                                                            update_stats=True))
+    images_u = tf.unstack(unlabeled_batch['image'], axis=1)[0]
+    lam = layers.sample_beta(hp['beta'], [int(images_u.shape[0])])
+    guess = tf.nn.softmax(classify(images_u, training=True, update_stats=False))
+    images_u, targets_u, _ = layers.mix_with_reverse(images_u, guess, tf.maximum(lam, 1 - lam))
+    loss_xeu = consistency.cross_entropy(tf.stop_gradient(targets_u),
+                                         classify(images_u, training=True, update_stats=False))
+    return dict(loss=loss_xe + loss_xeu, xe=loss_xe, xeu=loss_xeu)

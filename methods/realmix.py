@@ -23,12 +23,12 @@ NEEDS_UNLABELED = True
 TSA_SCHEDULES = ('none', 'linear_schedule', 'exp_schedule', 'log_schedule')
 TSA_RULES = ('reference', 'definition')
 BETA = Flag('float', 'beta', 0.75, 'MixUp Beta(beta, beta) parameter.', lambda v: v > 0, '> 0')
+W_MATCH = Flag('float', 'w_match', 75., 'Weight of the unlabeled loss.', lambda v: v >= 0, '>= 0')
+WARMUP_KIMG = Flag('float', 'warmup_kimg', 1024., 'Linear warm-up of w_match, in kimg (1024 '
+                   'labeled images).', lambda v: v >= 0, '>= 0')
+TEMPERATURE = Flag('float', 'T', 0.5, 'Sharpening temperature.', lambda v: v > 0, '> 0')
 FLAGS = [
-    BETA,
-    Flag('float', 'w_match', 75., 'Weight of the unlabeled loss.', lambda v: v >= 0, '>= 0'),
-    Flag('float', 'warmup_kimg', 1024., 'Linear warm-up of w_match, in kimg (1024 labeled images).',
-         lambda v: v >= 0, '>= 0'),
-    Flag('float', 'T', 0.5, 'Sharpening temperature.', lambda v: v > 0, '> 0'),
+    BETA, W_MATCH, WARMUP_KIMG, TEMPERATURE,
     Flag('string', 'tsa', 'none', 'Training signal annealing: %s.' % ', '.join(TSA_SCHEDULES),
          lambda v: v in TSA_SCHEDULES, 'one of %s' % ', '.join(TSA_SCHEDULES)),
     Flag('enum', 'tsa_rule', 'reference', 'Which rows TSA keeps: reference (the reference code: '

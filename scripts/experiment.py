@@ -68,6 +68,20 @@ def cifar6_mismatch(name, unlabeled_classes):
                              unlabel_filter=unlabeled_classes))
 
 
+# Every --method, with the MixMatch paper's table-5 CIFAR-10 flags (runs/table5.sh).
+METHOD_ARMS = collections.OrderedDict([
+    ('fs_baseline', ['--method=fs_baseline']),
+    ('fs_mixup', ['--method=fs_mixup']),
+    ('pi_model', ['--method=pi_model', '--consistency_weight=20']),
+    ('mean_teacher', ['--method=mean_teacher', '--wd=0.2', '--consistency_weight=50']),
+    ('pseudo_label', ['--method=pseudo_label', '--consistency_weight=1']),
+    ('vat', ['--method=vat']),
+    ('ict', ['--method=ict', '--beta=0.75', '--consistency_weight=1000']),
+    ('mixup', ['--method=mixup', '--beta=0.75']),
+    ('mixmatch', ['--method=mixmatch', '--beta=0.75', '--w_match=75']),
+    ('realmix', ['--method=realmix', '--tsa=linear_schedule', '--percent_mask=0.3']),
+])
+
 STUDIES = {
     'cifar10_4000': dict(
         dataset='cifar10.1@4000-500', arms=['supervised', 'realmix'], train_kimg=64, report_kimg=8,
@@ -87,6 +101,13 @@ STUDIES = {
         train_kimg=128, report_kimg=16, warmup_kimg=128,
         flags=['--precision=mixed', '--tune_kimg=0'] + SHORT_SCHEDULE_FLAGS,
         prepare=dict(source='cifar10', split_size=250)),
+    # Every method of the reference on one split and budget, each with its table-5 (MixMatch
+    # paper) CIFAR-10 settings where it has them (docs/training.md); one seed. Its data:
+    # create_datasets.py digits; create_split.py --seed=1 --label_split_size=50 --class_balance.
+    'digits_methods': dict(
+        dataset='digits.1@50-0', arms=list(METHOD_ARMS), arm_flags=METHOD_ARMS,
+        train_kimg=128, report_kimg=16, warmup_kimg=32,
+        flags=['--filters=16', '--repeat=1', '--tune_kimg=0', '--seed=1'] + SHORT_SCHEDULE_FLAGS),
     'cifar6_mismatch0': cifar6_mismatch('cifar6_mm0', '4,5,6,7'),
     'cifar6_mismatch100': cifar6_mismatch('cifar6_mm100', '0,1,8,9'),
 }

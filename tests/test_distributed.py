@@ -3,7 +3,9 @@ scripts/launch.py) against one process with two replicas (MirroredStrategy) and 
 with the global batch; a worker killed mid-run; one-line errors for a bad cluster environment.
 The workers run tests/distributed_worker.py (the library's step from fixed initial weights)."""
 import glob
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -164,8 +166,13 @@ def test_a_bad_tf_config_is_one_clear_error(tf_config, words):
         npu_config.cluster_from_env('cpu', environ=dict(TF_CONFIG=tf_config))
 
 
-def test_cluster_from_the_environment():
-    table = dict(RANK_SIZE='8', RANK_ID='3', RANK_TABLE_FILE=__file__)
+def test_cluster_from_the_environment(tmp_path):
+    path = tmp_path / 'rank_table.json'  # a version 1.0 table of one server with 8 devices
+    path.write_text(json.dumps({'version': '1.0', 'server_count': '1', 'status': 'completed',
+                                'server_list': [{'server_id': '10.0.0.1', 'device': [
+                                    {'device_id': str(d), 'device_ip': '192.168.1.%d' % d,
+                                     'rank_id': str(d)} for d in range(8)]}]}))
+    table = dict(RANK_SIZE='8', RANK_ID='3', RANK_TABLE_FILE=str(path))
     assert npu_config.cluster_from_env('npu', environ=table) == ('hccl', 8, 3, 1)
     config = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
     cluster = npu_config.cluster_from_env('gpu', environ=dict(TF_CONFIG=config))
@@ -174,3 +181,28 @@ def test_cluster_from_the_environment():
     assert npu_config.cluster_from_env('cpu', environ=table) == npu_config.SINGLE  # not Ascend
     with pytest.raises(UserError, match='--replicas is for CPU/GPU'):
         npu_config.cluster_from_env('npu', 2, environ={})
+
+
+def test_sigterm_to_one_worker_stops_both_after_the_same_step_and_rank_0_saves(tmp_path):
+    root = str(tmp_path / 'data')
+    dataset = tiny_data.make_ssl_dataset(root) + '-12'
+    train_dir, logs = str(tmp_path / 'runs'), str(tmp_path / 'logs')
+    command = [sys.executable, LAUNCH, '--workers=2', '--log_dir=' + logs,
+               os.path.join(ROOT, 'realmix.py'), '--dataset=' + dataset,
+               '--train_dir=' + train_dir, '--train_kimg=100'] + TINY
+    launcher = subprocess.Popen(command, env=dict(ENV, ML_DATA=root), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True)
+    deadline = time.time() + 240
+    while not glob.glob(os.path.join(train_dir, '*', '*', 'tf', 'checkpoint')):
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
+        time.sleep(0.1)
+    [rank1] = [pid for pid in _pids_running('realmix.py', train_dir) if _rank_of(pid) == 1]
+    os.kill(rank1, 15)
+    out, err = launcher.communicate(timeout=180)
+    assert launcher.returncode == 143 and 'Traceback' not in err, (out, err)
+    with open(os.path.join(logs, 'worker-1.log')) as f:
+        asked = re.search(r'^Stopped by SIGTERM at (\d+) images', f.read(), re.M)
+    told = re.search(r'^Stopped by the stop request of another rank at (\d+) images .*saved (\S+);',
+                     out, re.M)
+    assert asked and told and asked.group(1) == told.group(1), (out, err)
+    assert int(tf.train.load_variable(told.group(2), 'global_step')) == int(told.group(1))

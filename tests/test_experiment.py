@@ -120,6 +120,9 @@ def test_builtin_studies_plan_their_arms():
         assert len(commands) == len(study.arms) >= 2
         assert study.warmup_kimg == experiment.STUDIES[name].get('warmup_kimg', study.train_kimg / 4.)
         recipe = study.prepare
+        if recipe is None:  # data made by hand (digits_methods: docs/studies.md)
+            assert name == 'digits_methods' and len(study.arms) == 10
+            continue
         classes = len(recipe.get('class_filter', '0,1,2,3,4,5,6,7,8,9').split(','))
         assert study.labels == recipe['split_size'] * classes // 10  # labels column is true
     cifar10 = experiment.resolve_study('cifar10_4000')

@@ -17,8 +17,8 @@ import tiny_data
 from conftest import ROOT, assert_one_line_error
 
 # test_train.py's TINY settings, one epoch of 1 kimg.
-# MixUp-supervised: this file's training run is also the end-to-end run of --method=mixup.
-TINY = ['--method=mixup', '--arch=convnet', '--filters=8', '--batch=8', '--report_kimg=1',
+# MixUp-supervised: this file's training run is also the end-to-end run of --method=fs_mixup.
+TINY = ['--method=fs_mixup', '--arch=convnet', '--filters=8', '--batch=8', '--report_kimg=1',
         '--save_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
         '--ema=0.9', '--train_kimg=1']
 EXPORT = os.path.join(ROOT, 'scripts', 'export.py')
@@ -78,8 +78,8 @@ def exported(tmp_path_factory):
                              universal_newlines=True, timeout=240)
     assert trained.returncode == 0, trained.stdout
     runs = glob.glob(os.path.join(train_dir, '*', '*'))
-    assert len(runs) == 1 and os.path.basename(runs[0]).startswith('mixup_arch'), runs
-    assert 'w_match' not in runs[0] and '_beta0.75_' in runs[0]  # named by what mixup reads
+    assert len(runs) == 1 and os.path.basename(runs[0]).startswith('fs_mixup_arch'), runs
+    assert 'w_match' not in runs[0] and '_beta0.5_' in runs[0]  # named by what fs_mixup reads
     assert os.path.isfile(os.path.join(runs[0], 'result.txt'))
     run_dir = runs[0]
     # The default export, and a second one of the same checkpoint (run side by side: TensorFlow's

@@ -60,10 +60,28 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
     assert 0 < losses['mask_ratio'] <= 0.75 + 1e-6  # percent_mask 0.25 drops a quarter or more
 
 
-@pytest.mark.parametrize('method', ['supervised', 'mixup'])
+@pytest.mark.parametrize('method', ['mixmatch', 'pi_model', 'mean_teacher', 'ict', 'vat',
+                                    'pseudo_label', 'mixup'])
+def test_every_semi_supervised_method_builds_a_clean_graph_and_trains(dataset, method):
+    """Both legs (the step-equality with the reference's code is TF 1.15 only)."""
+    device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
+    hp = dict(hyper_parameters(dataset, method=method), train_kimg=4)
+    hp.update((spec.name, spec.default) for spec in methods.get(method).FLAGS)
+    with tf.Graph().as_default() as graph:
+        pipelines = input_pipelines(dataset, hp, device, needs_unlabeled=True)
+        ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(method),
+                          pipelines=pipelines)
+        assert graph_audit.audit_train_graph(graph, ops['train_op']) == []
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            losses = session.run(ops['losses'])
+    assert all(np.isfinite(v) for v in losses.values()) and losses['loss'] > 0
+
+
+@pytest.mark.parametrize('method', ['supervised', 'fs_baseline', 'fs_mixup'])
 def test_labeled_only_baselines_build_a_clean_graph(dataset, method):
     device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
-    hp = hyper_parameters(dataset, method=method)
+    hp = dict(hyper_parameters(dataset, method=method), smoothing=0.001)
     with tf.Graph().as_default() as graph:
         labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),

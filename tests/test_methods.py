@@ -1,11 +1,12 @@
-"""methods/: the registry, the shape every method module has, and MixUp-supervised's loss."""
+"""methods/: the registry, the shape every method module has, per-method flag defaults, the
+renamed --method=mixup, and fs_mixup's loss."""
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
 import methods
-from libml import hparams
+from libml import hparams, inference
 from libml.utils import UserError
 
 tf.disable_v2_behavior()
@@ -13,7 +14,9 @@ tf.disable_v2_behavior()
 
 def test_every_method_module_has_the_same_shape():
     assert methods.names()[0] == 'realmix'
-    assert set(methods.names()) >= {'realmix', 'supervised', 'mixup'}
+    assert set(methods.names()) == {'realmix', 'mixmatch', 'supervised', 'fs_baseline', 'fs_mixup',
+                                    'mixup', 'pi_model', 'mean_teacher', 'ict', 'vat',
+                                    'pseudo_label'}
     for name in methods.names():
         method = methods.get(name)
         assert method.NAME == name and isinstance(method.NEEDS_UNLABELED, bool)
@@ -38,7 +41,8 @@ def test_a_flag_two_methods_share_must_be_defined_alike():
 def test_run_names_hold_only_the_flags_a_method_reads():
     base = dict((s.name, s.default) for s in hparams.COMMON_FLAGS)
     for name, absent, present in (('supervised', ('beta', 'w_match', 'tsa'), ()),
-                                  ('mixup', ('w_match', 'tsa'), ('beta0.75',)),
+                                  ('fs_mixup', ('w_match', 'tsa'), ('beta0.5',)),
+                                  ('mixmatch', ('tsa', 'percent_mask'), ('beta0.5', 'w_match100')),
                                   ('realmix', (), ('beta0.75', 'w_match75', 'tsanone'))):
         specs = methods.flag_specs(name)
         hp = dict(base, method=name, **dict((s.name, s.default) for s in specs))
@@ -62,7 +66,7 @@ def test_mixup_mixes_each_labeled_image_with_its_mirror_and_trains_on_the_mixed_
 
     with tf.Graph().as_default():
         tf.set_random_seed(1)
-        losses = methods.get('mixup').losses(
+        losses = methods.get('fs_mixup').losses(
             dict(image=tf.constant(images), label=tf.constant(labels)), None, classify,
             dict(beta=0.75), tf.constant(0), 3)
         with tf.Session() as session:
@@ -76,3 +80,33 @@ def test_mixup_mixes_each_labeled_image_with_its_mirror_and_trains_on_the_mixed_
     targets = logits
     log_softmax = targets - np.log(np.exp(targets).sum(1, keepdims=True))
     assert loss == pytest.approx(-(targets * log_softmax).sum(1).mean(), rel=1e-5)
+
+
+class ParsedFlag(object):
+    """An absl flag's value as from_flags reads it."""
+
+    def __init__(self, value, default, present):
+        self.value, self.default, self.present = value, default, present
+
+
+def test_each_method_keeps_its_own_default_of_a_shared_flag():
+    """--beta is one absl flag (RealMix's 0.75 as its default); mixmatch defaults to 0.5 unless
+    the command line sets it."""
+    spec = dict((s.name, s) for s in methods.get('mixmatch').FLAGS)['beta']
+    assert spec.default == 0.5
+    assert hparams.flag_value(ParsedFlag(0.75, 0.75, False), spec) == 0.5
+    assert hparams.flag_value(ParsedFlag(0.75, 0.75, True), spec) == 0.75  # --beta=0.75 given
+    assert hparams.flag_value(ParsedFlag(0.3, 0.75, True), spec) == 0.3
+
+
+def test_a_run_of_the_old_mixup_names_its_new_name(tmp_path):
+    """A run saved as --method=mixup before names_revision 2 was MixUp-supervised, now fs_mixup."""
+    run = tmp_path / 'run'
+    (run / 'args').mkdir(parents=True)
+    (run / 'args' / 'args.json').write_text('{"method": "mixup", "beta": 0.75}')
+    with pytest.raises(UserError, match='old --method=mixup, which is now --method=fs_mixup'):
+        hparams.check_run_folder(str(run), dict(method='mixup', beta=0.75))
+    with pytest.raises(UserError, match='now --method=fs_mixup'):  # --eval_ckpt, inference
+        inference.run_args(str(run / 'tf' / 'model.ckpt-64'))
+    (run / 'args' / 'args.json').write_text('{"method": "mixup", "beta": 0.75, "names_revision": 2}')
+    hparams.check_run_folder(str(run), dict(method='mixup', beta=0.75, names_revision=2))

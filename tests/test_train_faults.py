@@ -188,6 +188,11 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_checkpoint(stopped
     assert_one_line_error(code, out, 'could not write the TensorBoard events', 'File too large')
     code, out = finish(realmix(more, root))
     assert code == 0 and 'Resumed from %s' % os.path.join(folder, 'model.ckpt-3072') in out, out
+    # An export on a full disk: one line, no export folder (nor its temporary one).
+    done = _limited(data_size - 1, [sys.executable, os.path.join(ROOT, 'scripts', 'export.py'), run_dir])
+    assert_one_line_error(done.returncode, done.stdout, 'could not write %s' % os.path.join(run_dir, 'export'),
+                          'File too large')
+    assert not [name for name in os.listdir(run_dir) if 'export' in name]
 
 
 def _limited(limit, command, **kwargs):
