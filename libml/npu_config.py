@@ -430,6 +430,16 @@ class Device(object):
         while time.time() < deadline and any(_listening(address) for address in others):
             time.sleep(0.2)
 
+    def worker_mean_op(self, value):
+        """Multi-worker: `value` (a float32 vector) averaged over the workers, one collective;
+        None for the other engines (HCCL ranks take rank 0's variables; one process agrees)."""
+        if self.cluster.engine != 'multiworker':
+            return None
+        mean = self.strategy.extended.call_for_each_replica(
+            lambda: tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, tf.identity(value)))
+        return self.strategy.experimental_local_results(mean)[0]
+
     def barrier_op(self):
         """An op every rank runs before leaving, so none exits while another still needs it."""
         if self.cluster.engine == 'hccl':

@@ -50,6 +50,10 @@ def training_graph(dataset, hp, device, method, seed=0):
     pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
     ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines=pipelines)
     ops['barrier'] = device.barrier_op()
+    # The step in exact float32 parts (multiples of 4096, remainder), averaged over the workers.
+    step = tf.cast(ops['step'], tf.int64)
+    ops['workers_step'] = device.worker_mean_op(
+        tf.cast(tf.stack([step // 4096, step % 4096]), tf.float32))
     return ops
 
 
@@ -129,7 +133,22 @@ class Trainer(object):
             print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
         if self.broadcast is not None:
             session.run(self.broadcast)
+        self._check_workers_agree(session)
         session.run(self.start_inputs)
+
+    def _check_workers_agree(self, session):
+        """UserError on a worker whose step differs from the workers' mean: they resumed from
+        different checkpoints (a collective of one step would then wait for ever on another)."""
+        if self.ops['workers_step'] is None:
+            return
+        mean, step = session.run([self.ops['workers_step'], self.ops['step']])
+        if abs(mean[0] - step // 4096) > 1e-3 or abs(mean[1] - step % 4096) > 1e-3:
+            raise UserError('the %d workers start from different steps (this one, rank %d, from %d '
+                            'images; the mean is %d): their run folders hold different newest '
+                            'checkpoints; give every worker the same checkpoints (e.g. copy rank '
+                            '0\'s tf/ folder) and rerun' % (
+                                self.device.cluster.workers, self.device.cluster.rank, step,
+                                mean[0] * 4096 + mean[1]))
 
     def _restore_newest(self, session):
         """Restore the newest checkpoint that loads and return its path ('' when there is none);

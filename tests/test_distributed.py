@@ -206,3 +206,31 @@ def test_sigterm_to_one_worker_stops_both_after_the_same_step_and_rank_0_saves(t
                      out, re.M)
     assert asked and told and asked.group(1) == told.group(1), (out, err)
     assert int(tf.train.load_variable(told.group(2), 'global_step')) == int(told.group(1))
+
+
+def test_workers_resuming_from_different_checkpoints_stop_with_one_line(tmp_path):
+    """Each worker reads its own run folder (as on machines with their own disks): rank 0 holds a
+    checkpoint of 1024 images, rank 1 none. Every worker stops at the start with one line."""
+    root = str(tmp_path / 'data')
+    dataset = tiny_data.make_ssl_dataset(root) + '-12'
+    args = ['--dataset=' + dataset] + TINY
+    env = dict(ENV, ML_DATA=root)
+    first = subprocess.run([sys.executable, os.path.join(ROOT, 'realmix.py'), '--train_kimg=1',
+                            '--train_dir=' + str(tmp_path / 'rank-0')] + args, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert first.returncode == 0, first.stdout
+    wrapper = tmp_path / 'own_folder.py'  # realmix.py with --train_dir=rank-<its rank>
+    wrapper.write_text(
+        'import json, os, sys\n'
+        'rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]\n'
+        'os.execv(sys.executable, [sys.executable, %r] + sys.argv[1:] + '
+        '["--train_dir=%s/rank-%%d" %% rank])\n' % (os.path.join(ROOT, 'realmix.py'), tmp_path))
+    launcher = subprocess.run([sys.executable, LAUNCH, '--workers=2', '--log_dir=' + str(tmp_path / 'logs'),
+                               str(wrapper), '--train_kimg=2'] + args, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=240)
+    assert launcher.returncode == 1 and 'Traceback' not in launcher.stderr, launcher.stderr
+    with open(str(tmp_path / 'logs' / 'worker-1.log')) as f:
+        rank1 = f.read()
+    for rank, text, step in ((0, launcher.stderr, 1024), (1, rank1, 0)):
+        assert ('error: the 2 workers start from different steps (this one, rank %d, from %d images; '
+                'the mean is 512)' % (rank, step)) in text, text
