@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from libml import rank_table  # noqa: E402
+from libml.stops import signal_name  # noqa: E402
 from libml.utils import Stopped, UserError, cli_main  # noqa: E402
 
 flags.DEFINE_integer('workers', None, 'Number of worker processes (>= 1).')
@@ -146,13 +147,6 @@ def death_signal():
         if os.getppid() != launcher:  # the launcher died before prctl
             os.kill(os.getpid(), signal.SIGKILL)
     return preexec
-
-
-def signal_name(num):
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return str(num)
 
 
 class Workers:

@@ -3,7 +3,6 @@ size, one writer per run folder, a saved stop on SIGTERM / SIGINT, damaged check
 disk (RLIMIT_FSIZE stands in for it)."""
 
 import glob
-import json
 import os
 import re
 import resource
@@ -17,9 +16,9 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import tiny_data
-from conftest import ROOT, assert_one_line_error, run_script
-from libml import train
-from libml.utils import UserError, write_text_atomic
+from conftest import ROOT, assert_one_line_error
+from libml import stops, train
+from libml.utils import write_text_atomic
 
 TINY = ['--arch=smallconv', '--filters=8', '--report_kimg=1', '--save_kimg=1', '--warmup_kimg=1',
         '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1', '--ema=0.9', '--w_match=1']
@@ -124,7 +123,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(data_root, tmp_path):
 
 
 def test_stop_signals_finish_the_step_then_a_second_signal_stops_at_once():
-    with train.StopSignals() as signals:
+    with stops.StopSignals() as signals:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs between bytecodes
         assert signals.requested and signals.signum == signal.SIGINT
