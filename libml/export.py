@@ -19,7 +19,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from libml import data, graph_audit
 from libml.graph import build_graph
 from libml.train import CheckedRestore, checkpoint_path, read_args
-from libml.utils import UserError, write_problem, write_problems_reported, write_text_atomic
+from libml.utils import UserError, error_text, write_problem, write_problems_reported, write_text_atomic
 
 FORMATS = ('pb', 'savedmodel')
 INPUT = 'images'
@@ -222,15 +222,6 @@ def export_info(hp, run_dir, checkpoint, batch, formats):
     return info
 
 
-def _error_text(error):
-    """The cause of a TensorFlow error in one line, without the node and traceback lines TF 2.x
-    adds around it."""
-    noise = ('[[', 'Graph execution error', 'Detected at', 'File ', 'Node:')
-    lines = [line.strip() for line in error.message.splitlines()
-             if line.strip() and not line.strip().startswith(noise)]
-    return lines[-1] if lines else type(error).__name__
-
-
 @contextlib.contextmanager
 def atomic_folder(path):
     """Yield a temporary folder beside `path`; rename it to `path` only when the block succeeds.
@@ -284,7 +275,7 @@ def export(run_dir, out_dir=None, step=None, formats=FORMATS, batch=1, log=print
             if write_problem(e):
                 raise  # reported by atomic_folder: the disk, not the checkpoint
             raise UserError('cannot read checkpoint %s: %s; export another step with --ckpt'
-                            % (checkpoint, _error_text(e)))
+                            % (checkpoint, error_text(e)))
         write_text_atomic(os.path.join(tmp, INFO_NAME),
                           json.dumps(info, indent=2, sort_keys=True) + '\n')
     accuracy = info['test_accuracy']

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from libml import data, evaluation, events, graph, runlock
 from libml.stops import StopSignals, default_resume_command, signal_name
-from libml.utils import Stopped, UserError, write_problem, write_text_atomic
+from libml.utils import Stopped, UserError, error_text, write_problem, write_text_atomic
 
 SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 per epoch
 
@@ -76,7 +76,7 @@ class Trainer(object):
 
     def __init__(self, run_dir, hp, dataset, device, method, seed=0):
         self.run_dir = run_dir
-        self._saved_step, self._saved_path = None, ''
+        self._saved_step, self._saved_path = None, ''  # this run's newest checkpoint
         self.hp = hp
         self.dataset = dataset
         self.device = device
@@ -120,7 +120,7 @@ class Trainer(object):
         if self.device.chief:
             _remove_partial_saves(self.checkpoint_dir)
         session.run(self.init_op)
-        resumed = self._restore_newest(session)
+        resumed = self._saved_path = self._restore_newest(session)
         if resumed:
             print('Resumed from %s' % resumed)
         elif load_checkpoint:
@@ -156,14 +156,14 @@ class Trainer(object):
                 self.saver.restore(session, path)
                 return path
             except (tf.errors.OpError, ValueError) as e:
-                print('Skipped checkpoint %s: it does not restore (%s)' % (path, _one_line(e)))
+                print('Skipped checkpoint %s: it does not restore (%s)' % (path, error_text(e)))
         if candidates:
             raise UserError('none of the %d checkpoints in %s restores (each is named above); '
                             'nothing was deleted: move the folder away to start afresh, or copy '
                             'good checkpoints back' % (len(candidates), self.checkpoint_dir))
         return ''
 
-    def train(self, load_checkpoint='', reset_optimizer=False, resume_command=None):
+    def train(self, load_checkpoint='', reset_optimizer=False):
         """Train to the end; rank 0 holds the run folder's lock. On SIGTERM / SIGINT: finish the
         step, save, and raise Stopped (exit status 128 + the signal)."""
         print(self.device.describe())
@@ -178,18 +178,18 @@ class Trainer(object):
                 # A collective fails on every rank once one worker is gone: say so in one line.
                 raise UserError('training stopped: another of the %d workers is gone or unreachable '
                                 '(%s: %s); rerun the same command to resume from the last checkpoint'
-                                % (self.device.cluster.workers, type(e).__name__, _one_line(e)))
+                                % (self.device.cluster.workers, type(e).__name__, error_text(e)))
         if signals.stopped_at is not None:
-            raise Stopped(self._stop_line(signals, resume_command), 128 + signals.exit_signal)
+            raise Stopped(self._stop_line(signals), 128 + signals.exit_signal)
 
-    def _stop_line(self, signals, resume_command):
+    def _stop_line(self, signals):
         step = signals.stopped_at
         where = ('saved %s' % self._saved_path if self.device.chief and self._saved_path
                  else 'rank 0 saved the checkpoint')
         why = (signal_name(signals.signum) if signals.signum is not None
                else 'the stop request of another rank')
         return ('Stopped by %s at %d images (kimg %d): %s; to resume, rerun: %s'
-                % (why, step, step >> 10, where, resume_command or default_resume_command()))
+                % (why, step, step >> 10, where, default_resume_command()))
 
     def _train(self, load_checkpoint, reset_optimizer, signals):
         with self._session() as session:
@@ -213,7 +213,8 @@ class Trainer(object):
         """Train to the end (or a requested stop); the chief (rank 0) alone logs, saves and
         reports (others pass None). Periods end at the first step at or past them."""
         hp, chief = self.hp, self.device.chief
-        step = self._saved_step = session.run(self.ops['step'])
+        step = session.run(self.ops['step'])
+        self._saved_step = step if self._saved_path else None  # resumed: never saved again
         total_nimg = hp['total_nimg']
         report_nimg = hp['report_kimg'] << 10
         if step >= total_nimg:
@@ -285,7 +286,7 @@ class Trainer(object):
     def _save(self, session, step):
         """A checkpoint of `step` (once per step). A failed save (full disk, quota, read-only
         folder) removes its own partial files and stops in one line; older checkpoints stay."""
-        if step == self._saved_step and self._saved_path:
+        if step == self._saved_step:
             return
         prefix = os.path.join(self.checkpoint_dir, 'model.ckpt')
         existed = os.path.exists('%s-%d.index' % (prefix, step))
@@ -301,7 +302,7 @@ class Trainer(object):
             previous = checkpoints_newest_first(self.checkpoint_dir)
             raise UserError('could not save the checkpoint of %d images in %s (%s); %s; free space '
                             'there (or fix its permissions) and rerun the same command to resume'
-                            % (step, self.checkpoint_dir, write_problem(e) or _one_line(e),
+                            % (step, self.checkpoint_dir, write_problem(e) or error_text(e),
                                'the previous checkpoint %s is intact' % previous[0] if previous
                                else 'no earlier checkpoint exists'))
         self._saved_step = step
@@ -364,18 +365,6 @@ def checkpoints_newest_first(folder):
         if match:
             found.append((int(match.group(1)), index[:-len('.index')]))
     return [path for _, path in sorted(found, reverse=True)]
-
-
-# The parts of a TensorFlow error message that say where, not what (TF 2.x adds a Python stack).
-_WHERE_LINE = re.compile(r'^\s*(File "|Detected at node|Node: |Graph execution error|\[\[|Original stack|'
-                         r'Errors may have originated|$)')
-
-
-def _one_line(error):
-    """What an exception says, on one line of at most 200 characters (no stack or node lines)."""
-    text = str(getattr(error, 'message', None) or error)
-    lines = [line for line in text.splitlines() if not _WHERE_LINE.match(line)]
-    return ' '.join(' '.join(lines or [text]).split())[:200]
 
 
 def _remove_partial_saves(folder):

@@ -39,6 +39,19 @@ def write_problem(error):
     return ''
 
 
+# The lines of a TensorFlow error message that say where, not what (TF 2.x adds a Python stack
+# and node lines around the cause).
+_WHERE_LINE = re.compile(r'^\s*(File "|Detected at|Node: |Graph execution error|\[\[|Original stack|'
+                         r'Errors may have originated|$)')
+
+
+def error_text(error):
+    """What an exception says, on one line of at most 200 characters (no stack or node lines)."""
+    text = str(getattr(error, 'message', None) or error)
+    lines = [line for line in text.splitlines() if not _WHERE_LINE.match(line)]
+    return ' '.join(' '.join(lines or [text]).split())[:200]
+
+
 def ml_data_dir():
     """The data root: $ML_DATA, or ./data when unset."""
     return os.environ.get('ML_DATA') or './data'

@@ -1,7 +1,10 @@
 """Test setup: the repository root on sys.path, quiet logs; fixtures and checks every test file
 shares (the fake npu_bridge, an empty $ML_DATA, the one-line-error contract)."""
+import glob
 import importlib
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -61,3 +64,31 @@ def fake_npu():
     yield
     sys.path.remove(FAKE_NPU)
     forget_npu_bridge()
+
+
+def file_size_limit(limit):
+    """A preexec_fn under which writes past `limit` bytes fail with EFBIG: a full disk."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def realmix(args, ml_data, **kwargs):
+    """realmix.py started with `args` on $ML_DATA = ml_data, output (both streams) as text."""
+    env = dict(os.environ, ML_DATA=ml_data, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'realmix.py')] + args, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(process, timeout=240):
+    """(exit status, output) of a process from `realmix`."""
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def run_dir_of(train_dir):
+    """The one run folder under TRAIN_DIR/DATASET/."""
+    runs = glob.glob(os.path.join(train_dir, '*', '*'))
+    assert len(runs) == 1, runs
+    return runs[0]

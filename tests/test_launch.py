@@ -1,6 +1,7 @@
 """scripts/launch.py: the cluster environment of each worker (tf, hccl), output and logs, stopping
 every worker when one fails or the launcher is signalled, and one-line errors for bad input. The
 workers are tiny stand-in scripts, not realmix.py."""
+import contextlib
 import json
 import os
 import shutil
@@ -159,23 +160,29 @@ def test_worker_killed_by_signal(tmp_path):
     assert_gone(records(tmp_path, 2)[1]['pid'])
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
-def test_signal_stops_all_workers(tmp_path, sig):
-    script = worker(tmp_path, 'time.sleep(60)\n')
-    proc = subprocess.Popen([sys.executable, LAUNCH, '--workers=2', '--log_dir=logs', script], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+@contextlib.contextmanager
+def two_workers_started(tmp_path, script):
+    """The launcher running 2 workers of `script`, once both have started; killed if still running."""
+    proc = subprocess.Popen([sys.executable, LAUNCH, '--workers=2', '--log_dir=logs', script],
+                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True)
     try:
         deadline = time.time() + 30
         while not all((tmp_path / ('rank-%d.json' % r)).exists() for r in range(2)):
             assert time.time() < deadline and proc.poll() is None, proc.poll()
             time.sleep(0.05)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=20)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_all_workers(tmp_path, sig):
+    with two_workers_started(tmp_path, worker(tmp_path, 'time.sleep(60)\n')) as proc:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
     assert_one_line_error(proc.returncode, err, signal.Signals(sig).name, 'stopped all 2 workers')
     for rec in records(tmp_path, 2):
         assert_gone(rec['pid'])
@@ -197,24 +204,12 @@ sys.exit(128 + signal.SIGTERM)
 
 @pytest.mark.parametrize('target', ['launcher', 'rank 1'])
 def test_a_saved_stop_lets_every_worker_save_and_exits_with_its_status(tmp_path, target):
-    script = worker(tmp_path, SAVING_WORKER)
-    proc = subprocess.Popen([sys.executable, LAUNCH, '--workers=2', '--log_dir=logs', script],
-                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
-    try:
-        deadline = time.time() + 30
-        while not all((tmp_path / ('rank-%d.json' % r)).exists() for r in range(2)):
-            assert time.time() < deadline and proc.poll() is None, proc.poll()
-            time.sleep(0.05)
+    with two_workers_started(tmp_path, worker(tmp_path, SAVING_WORKER)) as proc:
         if target == 'launcher':
             proc.send_signal(signal.SIGTERM)
         else:
             os.kill(records(tmp_path, 2)[1]['pid'], signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert 'error:' not in err and out.splitlines()[-1].startswith(
         'launch: the workers stopped on request after saving a checkpoint (exit status 143)')

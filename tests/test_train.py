@@ -14,29 +14,12 @@ import pytest
 
 import tiny_data
 from libml import events, train
-from conftest import ROOT, assert_one_line_error
+from conftest import ROOT, assert_one_line_error, finish, realmix, run_dir_of
 
 TINY = ['--arch=smallconv', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
         '--warmup_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
         '--ema=0.9', '--w_match=1']
 TABLE_HEADER = '                  labeled    valid     test'
-
-
-def realmix(args, ml_data, **kwargs):
-    env = dict(os.environ, ML_DATA=ml_data, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'realmix.py')] + args, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def finish(process, timeout=240):
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out
-
-
-def run_dir_of(train_dir):
-    runs = glob.glob(os.path.join(train_dir, '*', '*'))
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 @pytest.fixture(scope='module')

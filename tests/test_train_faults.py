@@ -5,7 +5,6 @@ disk (RLIMIT_FSIZE stands in for it)."""
 import glob
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import tiny_data
-from conftest import ROOT, assert_one_line_error
+from conftest import ROOT, assert_one_line_error, file_size_limit, finish, realmix, run_dir_of
 from libml import stops, train
 from libml.utils import write_text_atomic
 
@@ -24,32 +23,10 @@ TINY = ['--arch=smallconv', '--filters=8', '--report_kimg=1', '--save_kimg=1', '
         '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1', '--ema=0.9', '--w_match=1']
 
 
-def realmix(args, ml_data, file_size_limit=None):
-    """realmix.py started with `args`; with a file size limit, writes past it fail (EFBIG)."""
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-    env = dict(os.environ, ML_DATA=ml_data, CUDA_VISIBLE_DEVICES='')
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'realmix.py')] + args, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=limit if file_size_limit else None)
-
-
-def finish(process, timeout=240):
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out
-
-
 def checkpoint_steps(run_dir):
     """{name's step: the global_step it holds} of every checkpoint of a run."""
     return {int(path.rsplit('-', 1)[1]): int(tf.train.load_variable(path, 'global_step'))
             for path in train.checkpoints_newest_first(os.path.join(run_dir, 'tf'))}
-
-
-def the_run_dir(train_dir):
-    runs = glob.glob(os.path.join(train_dir, '*', '*'))
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +43,7 @@ def test_any_batch_trains_and_each_checkpoint_holds_the_step_it_is_named(data_ro
     code, out = finish(realmix(['--dataset=' + dataset, '--train_dir=' + train_dir, '--batch=%d' % batch,
                                 '--replicas=%d' % replicas, '--train_kimg=2'] + TINY, root))
     assert code == 0, out
-    steps = checkpoint_steps(the_run_dir(train_dir))
+    steps = checkpoint_steps(run_dir_of(train_dir))
     assert all(name == held for name, held in steps.items()), steps
     # Each period ends at the first step at or past it: 1024 and 2048 are not multiples of 5 or 6.
     global_batch = batch * replicas
@@ -93,7 +70,7 @@ def test_a_second_writer_is_refused_and_sigterm_saves_a_checkpoint_to_resume_fro
     line = [l for l in out.splitlines() if l.startswith('Stopped by SIGTERM')]
     assert len(line) == 1 and 'Traceback' not in out, out
     stopped = int(re.search(r'at (\d+) images', line[0]).group(1))
-    run_dir = the_run_dir(train_dir)
+    run_dir = run_dir_of(train_dir)
     saved = os.path.join(run_dir, 'tf', 'model.ckpt-%d' % stopped)
     assert 'saved %s;' % saved in line[0] and 'realmix.py' in line[0].split('rerun: ')[1]
     assert checkpoint_steps(run_dir)[stopped] == stopped
@@ -118,7 +95,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(data_root, tmp_path):
     code, out = finish(realmix(args, root))
     assert code == 0, out
     assert 'Taking over the lock' in out and 'PID %d' % killed.pid in out, out
-    with open(os.path.join(the_run_dir(train_dir), '.lock')) as f:
+    with open(os.path.join(run_dir_of(train_dir), '.lock')) as f:
         assert f.read() == ''  # released at the end
 
 
@@ -144,7 +121,7 @@ def stopped_run(data_root, tmp_path):
     args += ['--filters=32']
     code, out = finish(realmix(args, root))
     assert code == 0, out
-    return dict(root=root, args=args, run_dir=the_run_dir(train_dir))
+    return dict(root=root, args=args, run_dir=run_dir_of(train_dir))
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_and_none_restoring_is_one_line(stopped_run):
@@ -175,7 +152,7 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_checkpoint(stopped
     data_size = os.path.getsize(os.path.join(folder, 'model.ckpt-3072.data-00000-of-00001'))
     more = [a for a in args if not a.startswith('--train_kimg')] + ['--train_kimg=5']
     # Event files write little at a time; a checkpoint's data file is written whole.
-    code, out = finish(realmix(more + ['--report_kimg=2'], root, file_size_limit=data_size - 1))
+    code, out = finish(realmix(more + ['--report_kimg=2'], root, preexec_fn=file_size_limit(data_size - 1)))
     assert_one_line_error(code, out, 'could not save the checkpoint of 4096 images in ' + folder,
                           'File too large', 'the previous checkpoint %s is intact'
                           % os.path.join(folder, 'model.ckpt-3072'))
@@ -183,7 +160,7 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_checkpoint(stopped
         os.path.join(folder, '*_temp*'))
     # The event file fills up first when the limit is smaller still (args.json still fits).
     args_size = os.path.getsize(os.path.join(run_dir, 'args', 'args.json'))
-    code, out = finish(realmix(more, root, file_size_limit=args_size + 200))
+    code, out = finish(realmix(more, root, preexec_fn=file_size_limit(args_size + 200)))
     assert_one_line_error(code, out, 'could not write the TensorBoard events', 'File too large')
     previous = tf.train.load_checkpoint(os.path.join(folder, 'model.ckpt-3072'))  # intact:
     for name in previous.get_variable_to_shape_map():                           # every tensor reads
@@ -197,11 +174,8 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_checkpoint(stopped
 
 
 def _limited(limit, command, **kwargs):
-    def pre():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return subprocess.run(command, preexec_fn=pre, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kwargs)
+    return subprocess.run(command, preexec_fn=file_size_limit(limit), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, **kwargs)
 
 
 def test_a_report_that_cannot_be_written_leaves_the_old_one_and_says_so(tmp_path):
