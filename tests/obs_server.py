@@ -2,20 +2,20 @@
 
 Use it from another test file with `from obs_server import obs_server  # noqa: F401`; the fixture sets
 OBS_ENDPOINT, OBS_ACCESS_KEY_ID and OBS_SECRET_ACCESS_KEY in os.environ, and `server.env` holds the
-environment for subprocesses. The server process is killed when the test ends, passed or failed.
+environment for subprocesses. The server process is killed when the test ends, passed or failed; the
+tracebacks in its log (the causes of HTTP 500 answers) are printed then, shown with a failing test.
 """
 
 import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
+import select
 import urllib.request
 
 import pytest
 
-START_TIMEOUT_S = 30
+START_TIMEOUT_S = 60
 
 
 def free_port():
@@ -83,40 +83,51 @@ class ObsServer(object):
                     OBS_SECRET_ACCESS_KEY='wrong-secret-%s' % os.urandom(8).hex())
 
 
-def _wait_until_up(proc, endpoint):
-    deadline = time.time() + START_TIMEOUT_S
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            urllib.request.urlopen(endpoint + '/moto-api/data.json', timeout=1).read()
-            return True
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.05)
-    return False
+# Runs in the server's own process: bind port 0, so the kernel hands out a port no one else holds
+# (picking a "free" port first and binding it later races with every other process of the suite).
+SERVER_MAIN = '''
+import threading
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server._server.server_port, flush=True)
+threading.Event().wait()
+'''
 
 
-def _start_moto():
-    """Start `python -m moto.server` on a free port; retry if another process took the port first."""
-    for _ in range(3):
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if _wait_until_up(proc, 'http://127.0.0.1:%d' % port):
-            return proc, port
+def _start_moto(log_path):
+    """Start a moto server process that logs to `log_path`; return it and the port it listens on."""
+    log = open(log_path, 'w')
+    proc = subprocess.Popen([sys.executable, '-c', SERVER_MAIN], stdout=subprocess.PIPE, stderr=log,
+                            text=True)
+    log.close()
+    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
+    line = proc.stdout.readline() if ready else ''
+    if not line.strip().isdigit():
         _stop(proc)
-    raise RuntimeError('moto server did not start')
+        with open(log_path) as f:
+            raise RuntimeError('moto server did not start:\n' + f.read()[-2000:])
+    return proc, int(line)
 
 
 def _stop(proc):
     proc.kill()
     proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def _server_errors(log_path):
+    """The tracebacks in the server's log: a 500 answer has its cause there."""
+    with open(log_path) as f:
+        text = f.read()
+    return text[text.index('Traceback'):] if 'Traceback' in text else ''
 
 
 @pytest.fixture
-def obs_server(monkeypatch):
+def obs_server(monkeypatch, tmp_path_factory):
     """A fresh moto server; OBS_* variables point at it for the duration of the test."""
-    proc, port = _start_moto()
+    log_path = str(tmp_path_factory.mktemp('moto') / 'server.log')
+    proc, port = _start_moto(log_path)
     try:
         server = ObsServer(port)
         for name in ('OBS_ENDPOINT', 'OBS_ACCESS_KEY_ID', 'OBS_SECRET_ACCESS_KEY'):
@@ -125,3 +136,6 @@ def obs_server(monkeypatch):
         yield server
     finally:
         _stop(proc)
+        errors = _server_errors(log_path)
+        if errors:  # shown with the failing test's output
+            print('moto server errors (%s):\n%s' % (log_path, errors[-4000:]))
