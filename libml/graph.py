@@ -5,7 +5,7 @@ import contextlib
 
 import tensorflow.compat.v1 as tf
 
-from libml import evaluation, models
+from libml import evaluation, layers, models
 
 
 def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eval_images=None):
@@ -37,9 +37,11 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
             def replica_step(inputs):
                 labeled_batch, unlabeled_batch = inputs
                 student = models.with_teacher(classify, evaluation.ema_getter(ema))
+                first = len(tf.get_collection(layers.BN_UPDATES))
                 losses = method.losses(labeled_batch, unlabeled_batch, student, hp, step, nclass)
+                statistics = tf.get_collection(layers.BN_UPDATES)[first:]  # this replica's
                 train_op = training_update(device.replica_loss(losses['loss']), hp, step, optimizer,
-                                           ema, images_per_step)
+                                           ema, images_per_step, statistics, device)
                 losses[STOP_VOTE] = stop_request.read_value()
                 with tf.control_dependencies([train_op]):
                     return dict((name, tf.identity(value)) for name, value in losses.items())
@@ -69,16 +71,26 @@ def saved_variables():
     return [v for v in tf.global_variables() if v.op.name != 'stop_request']
 
 
-def training_update(loss, hp, step, optimizer, ema, images_per_step):
+def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=(), device=None):
     """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then the image counter.
 
-    As in the reference, the EMA averages the trainable weights only; the EMA model reads the raw
-    batch-norm moving statistics (averaging them again would double their lag). The counter
-    counts images of every replica, so schedules follow the global batch.
+    `statistics`: the BN_UPDATES entries of this replica's forward passes. Workers average the
+    gradients and the batch moments, in one collective; the rest is the same on every worker
+    and stays local. As in the reference, the EMA averages the trainable weights only; the EMA
+    model reads the raw batch-norm moving statistics (averaging them again would double their
+    lag). The counter counts images of every replica, so schedules follow the global batch.
     """
     trainable = tf.trainable_variables('classify')
-    adam_step = optimizer.minimize(loss, var_list=trainable, colocate_gradients_with_ops=True)
-    with tf.control_dependencies([adam_step] + tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
+    grads_and_vars = [(g, v) for g, v in optimizer.compute_gradients(
+        loss, var_list=trainable, colocate_gradients_with_ops=True) if g is not None]
+    shared = [g for g, _ in grads_and_vars] + [value for _, value, _ in statistics]
+    if device is not None:
+        shared = device.mean_over_workers(shared)
+    grads, moments = shared[:len(grads_and_vars)], shared[len(grads_and_vars):]
+    adam_step = optimizer.apply_gradients(list(zip(grads, [v for _, v in grads_and_vars])))
+    statistics_update = [layers.moving_average_update(moving, moment, momentum)
+                         for (moving, _, momentum), moment in zip(statistics, moments)]
+    with tf.control_dependencies([adam_step] + statistics_update):
         decay = 1 - hp['wd'] * hp['lr']
         # Kernels (conv and dense weights: rank > 1), not biases or batch-norm scales; by shape,
         # since inside a replica a variable's op name is its copy's (kernel/replica_1).

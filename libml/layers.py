@@ -11,6 +11,10 @@ import tensorflow.compat.v1 as tf
 # Per batch-norm layer in training mode: (moving_mean, moving_variance, batch_mean, batch_variance).
 # Read by the evaluation's "tuned" pass to re-estimate statistics without touching training state.
 BN_MOMENTS = 'realmix_bn_batch_moments'
+# Per batch-norm call that updates the statistics: (moving variable, batch value, momentum), the
+# mean's and the variance's. The train step applies them (`moving_average_update`) once the batch
+# values are averaged over the workers.
+BN_UPDATES = 'realmix_bn_statistics_updates'
 
 
 class LayerNamer(object):
@@ -59,7 +63,7 @@ def batch_norm(x, training, name, update_stats=True, momentum=0.999, epsilon=1e-
     """Batch normalisation of an NHWC tensor (fused kernel: about twice as fast on CPU).
 
     In training mode it normalises with the batch moments and, when `update_stats`, adds the
-    moving-average updates to UPDATE_OPS; in inference mode it uses the moving averages.
+    moving-average updates to BN_UPDATES; in inference mode it uses the moving averages.
     """
     channels = int(x.shape[-1])
     with tf.variable_scope(name):
@@ -77,9 +81,13 @@ def batch_norm(x, training, name, update_stats=True, momentum=0.999, epsilon=1e-
         tf.add_to_collection(BN_MOMENTS, (moving_mean, moving_variance, mean, variance))
         if update_stats:
             for moving, value in ((moving_mean, mean), (moving_variance, variance)):
-                update = tf.assign_sub(moving, (moving - value) * (1 - momentum))
-                tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, update)
+                tf.add_to_collection(BN_UPDATES, (moving, value, momentum))
         return y
+
+
+def moving_average_update(moving, value, momentum):
+    """The op moving a batch-norm statistic towards `value` (one entry of BN_UPDATES)."""
+    return tf.assign_sub(moving, (moving - value) * (1 - momentum))
 
 
 def shake_shake(a, b, training):

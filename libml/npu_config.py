@@ -22,7 +22,7 @@ import time
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
-from libml import rank_table
+from libml import collectives, rank_table
 from libml.names import DEVICES, PRECISIONS
 from libml.utils import UserError
 
@@ -352,8 +352,10 @@ class Device(object):
         return tf.Session(target=self._server.target, graph=graph, config=config)
 
     def scope(self):
-        """Where the model, optimizer and step are built: the strategy's scope, if any."""
-        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+        """Where the model, optimizer and step are built: the in-process strategy's scope (one
+        copy of each variable per replica). Workers hold plain variables, as HCCL ranks do: all
+        they share crosses in `mean_over_workers`, so decay, EMA and the optimizer stay local."""
+        return self.strategy.scope() if self.cluster.engine == 'mirrored' else contextlib.nullcontext()
 
     def global_batch(self, batch):
         """Images one step trains on over every replica (`batch` per replica)."""
@@ -368,9 +370,8 @@ class Device(object):
         """Run `step_fn(inputs) -> {name: scalar}` once per replica on its own inputs (one entry of
         `local_inputs` per local replica); the scalars come back averaged over every replica
         (under HCCL too, so every rank logs, checks divergence and votes to stop alike)."""
-        if self.strategy is None:
-            scalars = step_fn(local_inputs[0])
-            return self._hccl_mean(scalars) if self.cluster.engine == 'hccl' else scalars
+        if self.cluster.engine != 'mirrored':
+            return self._mean_over_ranks(step_fn(local_inputs[0]))
         first = self.cluster.rank * self.cluster.local_replicas
         names = []
 
@@ -384,13 +385,27 @@ class Device(object):
         mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
         return dict(zip(names, tf.unstack(mean)))
 
-    def _hccl_mean(self, scalars):
-        """The scalars averaged over the HCCL ranks, in one stacked float32 allreduce."""
-        hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
+    def _mean_over_ranks(self, scalars):
+        """The scalars averaged over the processes (HCCL ranks or workers), in one stacked
+        float32 all-reduce; unchanged in one process."""
+        if self.cluster.engine not in ('hccl', 'multiworker'):
+            return scalars
         names = sorted(scalars)
         stacked = tf.stack([tf.cast(scalars[k], tf.float32) for k in names])
-        mean = hccl_ops.allreduce(stacked, 'sum') / float(self.cluster.workers)
+        if self.cluster.engine == 'hccl':
+            hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
+            mean = hccl_ops.allreduce(stacked, 'sum') / float(self.cluster.workers)
+        else:
+            mean = self.mean_over_workers([stacked])[0]
         return dict(zip(names, tf.unstack(mean)))
+
+    def mean_over_workers(self, tensors):
+        """Multi-worker: the tensors averaged over the workers in one packed collective (the
+        step's gradients and batch-norm moments); unchanged otherwise (an in-process strategy
+        averages its replicas itself, HCCL's optimizer the gradients)."""
+        if self.cluster.engine != 'multiworker':
+            return list(tensors)
+        return collectives.mean_over_workers(self.strategy, list(tensors), self.cluster.workers)
 
     def sink_loop(self, session, train_op):
         """The op that runs `train_op` iterations_per_loop times per session.run on the NPU."""
@@ -400,13 +415,18 @@ class Device(object):
         return util.set_iteration_per_loop(session, train_op, self.iterations_per_loop)
 
     def replica_loss(self, loss):
-        """What each replica minimises so that the averaged gradient comes out: a strategy sums
-        its replicas' gradients (outside Estimator), HCCL's optimizer averages them itself."""
-        return loss / self.cluster.replicas if self.strategy is not None else loss
+        """What each replica minimises so that the averaged gradient comes out: an in-process
+        strategy sums its replicas' gradients (outside Estimator); workers and HCCL's optimizer
+        average them."""
+        return loss / self.cluster.replicas if self.cluster.engine == 'mirrored' else loss
 
     def broadcast_op(self):
-        """HCCL: an op copying every global variable from rank 0 (run after init or restore): the
-        float variables in one fused call, as Huawei's hook does, each integer counter unfused."""
+        """An op copying every global variable from rank 0 (run after init or restore); None in
+        one process. HCCL: the float variables in one fused call, as Huawei's hook does, each
+        integer counter unfused; workers: one packed collective."""
+        if self.cluster.engine == 'multiworker':
+            return collectives.broadcast_from_first(self.strategy, tf.global_variables(),
+                                                    self.cluster.rank)
         if self.cluster.engine != 'hccl':
             return None
         hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
@@ -435,10 +455,7 @@ class Device(object):
         None for the other engines (HCCL ranks take rank 0's variables; one process agrees)."""
         if self.cluster.engine != 'multiworker':
             return None
-        mean = self.strategy.extended.call_for_each_replica(
-            lambda: tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.MEAN, tf.identity(value)))
-        return self.strategy.experimental_local_results(mean)[0]
+        return self.mean_over_workers([value])[0]
 
     def barrier_op(self):
         """An op every rank runs before leaving, so none exits while another still needs it."""

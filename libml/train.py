@@ -40,13 +40,14 @@ def input_pipelines(dataset, hp, device, needs_unlabeled):
 
 def training_graph(dataset, hp, device, method, seed=0):
     """The ops of build_graph for this process's replicas, each fed from its own input shard, plus
-    'barrier' (every rank runs it before leaving). A seed is offset by the rank, so each worker
+    'barrier' (every rank runs it before leaving) and 'broadcast' (None in one process). A seed is offset by the rank, so each worker
     draws its own augmentations and MixUp partners."""
     if seed:
         tf.set_random_seed(seed + device.cluster.rank)
     pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
     ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines=pipelines)
     ops['barrier'] = device.barrier_op()
+    ops['broadcast'] = device.broadcast_op()  # run after init or restore: rank 0's values win
     # The step in exact float32 parts (multiples of 4096, remainder), averaged over the workers.
     step = tf.cast(ops['step'], tf.int64)
     ops['workers_step'] = device.worker_mean_op(
@@ -84,7 +85,6 @@ class Trainer(object):
         with self.graph.as_default():
             check_loop_sinking(hp, device)
             self.ops = training_graph(dataset, hp, device, method, seed)
-            self.broadcast = device.broadcast_op()  # rank 0's weights win
             self.start_inputs = tf.group(*tf.get_collection(data.ITERATOR_INITIALIZERS))
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
             self.saver = tf.train.Saver(graph.saved_variables(), max_to_keep=hp['keep_ckpt'],
@@ -115,8 +115,8 @@ class Trainer(object):
         """Resume from the newest checkpoint that restores, else initialise (optionally from
         another run).
 
-        Every rank does the same (multi-worker initialisers hold collectives); then HCCL ranks
-        take rank 0's variables."""
+        Every rank does the same; then the ranks check that they hold the same step and take rank
+        0's variables (workers initialise their own, each with its own seed)."""
         if self.device.chief:
             _remove_partial_saves(self.checkpoint_dir)
         session.run(self.init_op)
@@ -128,9 +128,9 @@ class Trainer(object):
             self.fine_tune[reset_optimizer].restore(session, path)
             what = 'weights' if reset_optimizer else 'weights and Adam state'
             print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
-        if self.broadcast is not None:
-            session.run(self.broadcast)
-        self._check_workers_agree(session)
+        self._check_workers_agree(session)  # before the broadcast, which would hide a mismatch
+        if self.ops['broadcast'] is not None:
+            session.run(self.ops['broadcast'])
         session.run(self.start_inputs)
 
     def _check_workers_agree(self, session):

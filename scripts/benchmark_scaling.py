@@ -5,13 +5,18 @@
         [--repeats=3] [--dataset=ID] [--arch=resnet --filters=16 --repeat=1 --batch=64 ...]
 
 The driver (the default --role) times, --repeats times and alternating so that a change in machine
-load hits both: (a) one worker process (no TF_CONFIG) and (b) --workers processes started through
-scripts/launch.py (TF_CONFIG, MultiWorkerMirroredStrategy). Every process is this script with
+load hits each: (a) one worker process (no TF_CONFIG), (b) --workers processes started through
+scripts/launch.py (TF_CONFIG, MultiWorkerMirroredStrategy) and, with --pin, (c) --workers single
+workers at once, pinned alike but never talking: the ceiling this machine allows (shared caches and
+memory bandwidth slow each core's kernels once every core works). Every process is this script with
 --role=worker: the library's train step (train.training_graph, the device's
 session with --threads intra- and inter-op threads), --warmup untimed steps, then --steps timed
 ones; rank 0 prints `SCALING_RESULT {"img_per_s": X, "replicas": R}`, X being global labeled images
 per second (the global step counts them). The driver prints the medians and the ratio N-worker /
-1-worker global img/s (ideal N, goal 0.9 N). Without --dataset it writes a synthetic 32x32 dataset
+1-worker global img/s (ideal N, goal 0.9 N), then the split of one traced step of rank 0 (median of
+--trace_steps traced after the timed ones): computation (the span of the step's kernels but the
+collectives), collectives (their wall-clock union, waiting for the other workers included) and
+session (the rest of the run call's wall time). Without --dataset it writes a synthetic 32x32 dataset
 to a temporary folder (removed after a successful measurement). Defaults: a small Wide ResNet
 (--filters=16 --repeat=1), batch 64 per replica. Every realmix.py hyperparameter flag is accepted
 but --device, --precision, --replicas and --iterations_per_loop: the workers run on the CPU in
@@ -50,9 +55,13 @@ flags.DEFINE_integer('threads', 1, 'Intra- and inter-op threads of each worker\'
 flags.DEFINE_bool('pin', True, 'Pin worker of rank r to CPU core r (Linux): a "thread" then means one '
                   'core, tf.data and oneDNN included; without it one worker already spreads over '
                   'every core.')
+flags.DEFINE_integer('core', -1, 'Worker: the core to pin to (-1: its rank\'s); the driver sets it '
+                     'for the independent runs.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per run.')
 flags.DEFINE_integer('warmup', 5, 'Untimed steps before timing.')
 flags.DEFINE_integer('repeats', 3, 'Runs of each setting; the median is reported.')
+flags.DEFINE_integer('trace_steps', 3, 'Steps traced after the timed ones, for the split of a step '
+                     'between computation, collectives and the session (0: none).')
 flags.DEFINE_integer('run_timeout', 900, 'Seconds one run may take before it counts as failed.')
 FLAGS = flags.FLAGS
 
@@ -61,14 +70,17 @@ DEFAULTS = dict(arch='resnet', filters=16, repeat=1, batch=64)
 RESULT = 'SCALING_RESULT'
 LAUNCH = os.path.join(ROOT, 'scripts', 'launch.py')
 FIXED = ('device', 'precision', 'replicas', 'iterations_per_loop')  # the workers' own settings
-PASSED_FLAGS = ('method', 'threads', 'steps', 'warmup', 'pin')  # besides the hyperparameters
+PASSED_FLAGS = ('method', 'threads', 'steps', 'warmup', 'pin', 'trace_steps')
+# Kernels that move data between workers (TF 1.15's CollectiveReduce, TF 2.x's V2 and later).
+COLLECTIVE_OPS = re.compile(r'^Collective(Reduce|Gather|Bcast)')  # besides the hyperparameters
 
 
 def worker():
     """One timed process: rank 0 prints the SCALING_RESULT line."""
     device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
     if FLAGS.pin and hasattr(os, 'sched_setaffinity'):
-        os.sched_setaffinity(0, {device.cluster.rank % os.cpu_count()})
+        core = FLAGS.core if FLAGS.core >= 0 else device.cluster.rank
+        os.sched_setaffinity(0, {core % os.cpu_count()})
     dataset = data.resolve(FLAGS.dataset)
     method = methods.get(FLAGS.method)
     hp = hparams.from_flags(FLAGS, FLAGS.method, methods.flag_specs(FLAGS.method), dataset,
@@ -78,6 +90,8 @@ def worker():
         init = tf.global_variables_initializer()
         with device.session(graph, threads=FLAGS.threads) as session:
             session.run(init)
+            if ops['broadcast'] is not None:  # rank 0's initial weights, as a run starts
+                session.run(ops['broadcast'])
             for _ in range(FLAGS.warmup):
                 session.run(ops['train_op'])
             first = session.run(ops['step'])
@@ -86,11 +100,51 @@ def worker():
                 session.run(ops['train_op'])
             seconds = time.time() - start
             images = session.run(ops['step']) - first  # the global step counts global images
+            split = [traced_step(session, ops['train_op']) for _ in range(FLAGS.trace_steps)]
             session.run(ops['barrier'])
     if device.chief:
-        print('%s %s' % (RESULT, json.dumps({'img_per_s': float(images) / seconds,
-                                             'replicas': device.cluster.replicas})), flush=True)
+        result = {'img_per_s': float(images) / seconds, 'replicas': device.cluster.replicas}
+        if split:  # milliseconds per step: the median of the traced steps
+            result.update(zip(SPLIT, np.median(split, axis=0).tolist()))
+        print('%s %s' % (RESULT, json.dumps(result)), flush=True)
     device.leave()
+
+
+SPLIT = ('step_ms', 'compute_ms', 'collective_ms', 'session_ms')
+
+
+def traced_step(session, train_op):
+    """One step traced: (wall, computation, collectives, session) in ms. Collectives are the
+    wall-clock union of the collective kernels, waiting for the other workers included;
+    computation the rest of the span of the step's kernels; session what lies outside it (the
+    client, the master, the transfers of the run call)."""
+    options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
+    metadata = tf.RunMetadata()
+    start = time.time()
+    session.run(train_op, options=options, run_metadata=metadata)
+    wall_ms = (time.time() - start) * 1e3
+    spans, collective = [], []
+    for device_stats in metadata.step_stats.dev_stats:
+        for node in device_stats.node_stats:
+            span = (node.all_start_micros, node.all_start_micros + node.all_end_rel_micros)
+            spans.append(span)
+            kernel = node.timeline_label.partition(' = ')[2]
+            if COLLECTIVE_OPS.match(kernel):
+                collective.append(span)
+    graph_ms = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e3 if spans else 0.
+    collective_ms = union_length(collective) / 1e3
+    return wall_ms, graph_ms - collective_ms, collective_ms, max(wall_ms - graph_ms, 0.)
+
+
+def union_length(intervals):
+    """Total length covered by (start, end) intervals."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -140,7 +194,30 @@ def run_once(workers, args, env, log_dir, label):
     result = json.loads(results[-1])
     if result['replicas'] != workers:
         raise UserError('%s ran %d replicas, expected %d' % (label, result['replicas'], workers))
-    return result['img_per_s']
+    return result
+
+
+def run_independent(workers, args, env, label):
+    """Summed img/s of `workers` single-worker processes at once, pinned like the workers of a
+    run but never talking: the most data parallelism can reach on this machine."""
+    script = os.path.abspath(__file__)
+    procs = [subprocess.Popen([sys.executable, script, '--core=%d' % core] + args, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True) for core in range(workers)]
+    total = 0.
+    for proc in procs:
+        try:
+            out = proc.communicate(timeout=FLAGS.run_timeout)[0]
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise UserError('%s timed out after %d s (--run_timeout); stopped it'
+                            % (label, FLAGS.run_timeout))
+        results = re.findall(r'^%s (\{.*\})$' % RESULT, out, re.M)
+        if proc.returncode or not results:
+            raise UserError('%s failed: %s' % (label, _last_line(out)))
+        total += json.loads(results[-1])['img_per_s']
+    return total
 
 
 def _last_line(text):
@@ -176,14 +253,19 @@ def driver():
     print('%s scaling: %s, arch=%s filters=%d repeat=%d scales=%d, batch %d per replica'
           % (FLAGS.method, dataset_id, hp['arch'], hp['filters'], hp['repeat'], hp['scales'],
              hp['batch']), flush=True)
-    rates = {1: [], n: []}
+    rates, splits, independent = {1: [], n: []}, {1: [], n: []}, []
     for repeat in range(FLAGS.repeats):  # round-robin, so a change in machine load hits both
         for workers in (1, n):
             label = '%d-worker run %d of %d' % (workers, repeat + 1, FLAGS.repeats)
             logs = os.path.join(temp, 'logs-%d-%d' % (workers, repeat))
-            rate = run_once(workers, args, env, logs, label)
-            rates[workers].append(rate)
-            print('  %s: %.1f img/s' % (label, rate), flush=True)
+            result = run_once(workers, args, env, logs, label)
+            rates[workers].append(result['img_per_s'])
+            splits[workers].append([result[key] for key in SPLIT if key in result])
+            print('  %s: %.1f img/s' % (label, result['img_per_s']), flush=True)
+        if FLAGS.pin:
+            label = '%d independent workers, run %d of %d' % (n, repeat + 1, FLAGS.repeats)
+            independent.append(run_independent(n, args, env, label))
+            print('  %s: %.1f img/s in all' % (label, independent[-1]), flush=True)
     median = dict((w, float(np.median(r))) for w, r in rates.items())
     cflags = npu_config.cpu_flags()
     print()
@@ -200,12 +282,35 @@ def driver():
     goal = 0.9 * n
     print('ratio %d workers / 1 worker = %.2f   (ideal %.2f, goal >= %.2f: %s)'
           % (n, ratio, float(n), goal, 'met' if ratio >= goal else 'missed'))
+    if independent:
+        ceiling = float(np.median(independent))
+        print('%d independent single workers at once (no collectives): %.1f img/s in all, %.2f x one '
+              '(runs: %s): the ceiling on this machine'
+              % (n, ceiling, ceiling / median[1], ' '.join('%.1f' % r for r in independent)))
+    if FLAGS.trace_steps:
+        print('one traced step of rank 0, ms (median of the runs\' medians of %d traced steps):'
+              % FLAGS.trace_steps)
+        print('                  step  computation  collectives  session')
+        for workers in (1, n):
+            step, compute, collective, session = np.median(splits[workers], axis=0)
+            print('%d worker%s    %8.1f     %8.1f     %8.1f  %7.1f'
+                  % (workers, 's' if workers > 1 else ' ', step, compute, collective, session))
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def apply_defaults():
+    """This benchmark's network and batch where the command line gives none: as if given (the
+    hyperparameters otherwise take the method's own defaults, and the workers get them too)."""
+    for name, value in DEFAULTS.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+            FLAGS[name].present = 1
 
 
 def main(argv):
     if len(argv) > 1:
         raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
+    apply_defaults()
     if FLAGS.role == 'worker':
         worker()
     else:
@@ -213,8 +318,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    for name, value in DEFAULTS.items():
-        FLAGS.set_default(name, value)
     quiet_native_logs()
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()

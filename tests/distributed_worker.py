@@ -1,10 +1,11 @@
 """One training process for tests/test_distributed.py: the library's own per-replica step
 (train.training_graph, the device's session and barrier) from fixed initial
-weights, then every variable saved to OUT-RANK.npz.
+weights, then every variable saved to OUT-RANK.npz and the step's collectives to OUT-RANK.json.
 
     python distributed_worker.py OUT ML_DATA DATASET METHOD ARCH BATCH STEPS REPLICAS AUGMENT
 (several workers: TF_CONFIG, as scripts/launch.py sets it)
 """
+import json
 import os
 import sys
 import zlib
@@ -15,7 +16,7 @@ import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 import methods  # noqa: E402
-from libml import data, npu_config, train  # noqa: E402
+from libml import data, layers, npu_config, train  # noqa: E402
 
 
 def initial_value(variable):
@@ -26,6 +27,30 @@ def initial_value(variable):
     if 'moving_variance' in name:
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     return rng.normal(0, 0.3, shape).astype(np.float32)
+
+
+def ancestors(op):
+    """Every op `op` depends on, through data and control inputs."""
+    todo, seen = [op], set()
+    while todo:
+        op = todo.pop()
+        if op not in seen:
+            seen.add(op)
+            todo += [t.op for t in op.inputs] + list(op.control_inputs)
+    return seen
+
+
+def step_collectives(train_op):
+    """The collectives a step runs (input size, the collectives it waits for), whether every
+    batch-norm moment feeds one, and how many trainable variables there are."""
+    found = [op for op in ancestors(train_op) if op.type.startswith('Collective')]
+    waits = {op: ancestors(op) for op in found}
+    moments = [value.op for _, value, _ in tf.get_collection(layers.BN_UPDATES)]
+    return dict(collectives=[dict(name=op.name, size=int(op.inputs[0].shape.num_elements()),
+                                  after=sorted(o.name for o in found if o is not op and o in waits[op]))
+                             for op in sorted(found, key=lambda op: op.name)],
+                moments_packed=all(any(m in waits[op] for op in found) for m in moments),
+                trainable=len(tf.trainable_variables('classify')))
 
 
 def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augment):
@@ -43,6 +68,7 @@ def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augme
             start = [tf.assign(v, initial_value(v)) for v in tf.global_variables()
                      if v.op.name.startswith('classify/') and '/Adam' not in v.op.name]
         names = [v.op.name for v in tf.global_variables()]
+        collectives = step_collectives(ops['train_op'])
         with device.session(graph) as session:
             session.run(tf.global_variables_initializer())
             session.run(start)
@@ -51,6 +77,8 @@ def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augme
             values = session.run(tf.global_variables())
             session.run(ops['barrier'])
     np.savez('%s-%d.npz' % (out, device.cluster.rank), **dict(zip(names, values)))
+    with open('%s-%d.json' % (out, device.cluster.rank), 'w') as f:
+        json.dump(collectives, f)
     device.leave()
 
 

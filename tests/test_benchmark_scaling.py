@@ -1,5 +1,5 @@
-"""scripts/benchmark_scaling.py: one worker against two (scripts/launch.py), the table and the
-ratio line; a bad flag is one error line. A tiny network and two timed steps: this checks the
+"""scripts/benchmark_scaling.py: one worker against two (scripts/launch.py) and two independent
+ones, the table, the ratio and the traced split of a step; a bad flag is one error line. A tiny network and two timed steps: this checks the
 plumbing, not the speed."""
 
 import os
@@ -10,7 +10,7 @@ import sys
 from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark_scaling.py')
-TINY = ['--arch=smallconv', '--filters=4', '--repeat=1', '--batch=8']
+TINY = ['--arch=smallconv', '--repeat=1', '--batch=8']  # --filters: the script's default, 16
 
 
 def run(args, tmp_path, timeout=300):
@@ -34,6 +34,17 @@ def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
     assert abs(float(ratio.group(1)) - float(two.group(1)) / float(one.group(1))) < 0.01
     assert re.search(r'^machine: \d+ CPU cores, .+, TensorFlow [\d.]+\S*, 1 thread per worker$',
                      text, re.M), text
+    assert 'arch=smallconv filters=16 repeat=1' in text.splitlines()[0]  # not the method's 32
+    ceiling = re.search(r'^2 independent single workers at once \(no collectives\): ([\d.]+) img/s '
+                        r'in all, ([\d.]+) x one', text, re.M)
+    assert ceiling and float(ceiling.group(1)) > 0, text
+    split = dict((m.group(1), [float(x) for x in m.group(2).split()]) for m in re.finditer(
+        r'^(\d) workers? +((?:[\d.]+ +){3}[\d.]+)$', text, re.M))
+    assert set(split) == {'1', '2'}, text
+    for workers, (step, compute, collectives, session) in split.items():
+        # Medians of each part (of the traced steps, then of the runs): they add up to about the step.
+        assert compute > 0 and session >= 0 and 0.8 * step <= compute + collectives + session <= 1.2 * step, text
+        assert (collectives > 0) == (workers == '2'), text  # one worker has nothing to exchange
     assert 'SCALING_RESULT' not in text  # the workers' lines are parsed, not echoed
     assert 'Traceback' not in text
 

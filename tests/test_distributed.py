@@ -53,8 +53,12 @@ def runs(tmp_path_factory):
     for name, proc in procs.items():
         output = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, (name, output)
-    return {os.path.basename(path)[:-4]: dict(np.load(path))
-            for path in glob.glob(os.path.join(out, '*.npz'))}
+    found = {os.path.basename(path)[:-4]: dict(np.load(path))
+             for path in glob.glob(os.path.join(out, '*.npz'))}
+    for path in glob.glob(os.path.join(out, '*.json')):  # the step's collectives, per rank
+        with open(path) as f:
+            found[os.path.basename(path)[:-5] + '.step'] = json.load(f)
+    return found
 
 
 def differences(a, b, skip=()):
@@ -181,6 +185,18 @@ def test_cluster_from_the_environment(tmp_path):
     assert npu_config.cluster_from_env('cpu', environ=table) == npu_config.SINGLE  # not Ascend
     with pytest.raises(UserError, match='--replicas is for CPU/GPU'):
         npu_config.cluster_from_env('npu', 2, environ={})
+
+
+def test_a_workers_step_sends_two_packed_collectives_in_a_fixed_order(runs):
+    """Gradients and batch-norm moments cross in one collective, then the logged scalars: none
+    per variable, none for weight decay or the EMA (the weights are equal after the gradients)."""
+    step = runs['two_workers-0.step']
+    collectives = sorted(step['collectives'], key=lambda c: len(c['after']))
+    assert len(collectives) == 2, collectives
+    packed, scalars = collectives
+    assert scalars['after'] == [packed['name']]  # the scalars wait for the step: one order
+    assert packed['size'] > step['trainable'] and step['moments_packed']
+    assert runs['two_workers-1.step']['collectives'] == step['collectives']
 
 
 def test_sigterm_to_one_worker_stops_both_after_the_same_step_and_rank_0_saves(tmp_path):

@@ -15,8 +15,9 @@ def test_batch_norm_training_uses_batch_moments_and_updates_moving_averages_on_r
         with tf.variable_scope('', reuse=True):
             frozen = layers.batch_norm(tf.constant(x), training=False, name='bn')
             no_update = layers.batch_norm(tf.constant(x), training=True, name='bn', update_stats=False)
-        updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
-        assert len(updates) == 2  # only the first training call registers updates
+        entries = tf.get_collection(layers.BN_UPDATES)
+        assert len(entries) == 2  # only the first training call registers updates
+        updates = [layers.moving_average_update(*entry) for entry in entries]
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             y, y_frozen, y_same = session.run([trained, frozen, no_update])
