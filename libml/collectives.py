@@ -24,8 +24,8 @@ def unpack(vector, like):
 
 
 def strategy_sum(strategy, vector):
-    """`vector` summed over every replica of `strategy` (each worker's one replica), in one
-    collective; the value on this worker."""
+    """`vector` summed over every replica of `strategy`, in one collective; the value on this
+    process's first replica (each worker has one)."""
     total = strategy.extended.call_for_each_replica(
         lambda: tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, tf.identity(vector)))
@@ -34,6 +34,7 @@ def strategy_sum(strategy, vector):
 
 def mean_over_workers(strategy, tensors, workers):
     """The tensors (static shapes) averaged over the workers, through one float32 all-reduce."""
+    tensors = list(tensors)
     if not tensors:
         return []
     return unpack(strategy_sum(strategy, pack(tensors)) / float(workers), tensors)

@@ -405,7 +405,7 @@ class Device(object):
         averages its replicas itself, HCCL's optimizer the gradients)."""
         if self.cluster.engine != 'multiworker':
             return list(tensors)
-        return collectives.mean_over_workers(self.strategy, list(tensors), self.cluster.workers)
+        return collectives.mean_over_workers(self.strategy, tensors, self.cluster.workers)
 
     def sink_loop(self, session, train_op):
         """The op that runs `train_op` iterations_per_loop times per session.run on the NPU."""
@@ -462,11 +462,8 @@ class Device(object):
         if self.cluster.engine == 'hccl':
             hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
             return hccl_ops.allreduce(tf.constant(1.), 'sum').op
-        if self.strategy is not None:  # reduced in the replicas: each keeps the sum on its device
-            total = self.strategy.extended.call_for_each_replica(
-                lambda: tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, tf.constant(1.)))
-            return tf.group(*self.strategy.experimental_local_results(total))
+        if self.strategy is not None:
+            return collectives.strategy_sum(self.strategy, tf.constant(1.)).op
         return tf.no_op()
 
     def wrap_optimizer(self, optimizer):

@@ -40,8 +40,8 @@ def input_pipelines(dataset, hp, device, needs_unlabeled):
 
 def training_graph(dataset, hp, device, method, seed=0):
     """The ops of build_graph for this process's replicas, each fed from its own input shard, plus
-    'barrier' (every rank runs it before leaving) and 'broadcast' (None in one process). A seed is offset by the rank, so each worker
-    draws its own augmentations and MixUp partners."""
+    'barrier' (every rank runs it before leaving) and 'broadcast' (None in one process). A seed
+    is offset by the rank, so each worker draws its own augmentations and MixUp partners."""
     if seed:
         tf.set_random_seed(seed + device.cluster.rank)
     pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)

@@ -70,9 +70,10 @@ DEFAULTS = dict(arch='resnet', filters=16, repeat=1, batch=64)
 RESULT = 'SCALING_RESULT'
 LAUNCH = os.path.join(ROOT, 'scripts', 'launch.py')
 FIXED = ('device', 'precision', 'replicas', 'iterations_per_loop')  # the workers' own settings
+# Besides the hyperparameters.
 PASSED_FLAGS = ('method', 'threads', 'steps', 'warmup', 'pin', 'trace_steps')
 # Kernels that move data between workers (TF 1.15's CollectiveReduce, TF 2.x's V2 and later).
-COLLECTIVE_OPS = re.compile(r'^Collective(Reduce|Gather|Bcast)')  # besides the hyperparameters
+COLLECTIVE_OPS = re.compile(r'^Collective(Reduce|Gather|Bcast)')
 
 
 def worker():
@@ -181,17 +182,9 @@ def run_once(workers, args, env, log_dir, label):
     try:
         proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               universal_newlines=True, timeout=FLAGS.run_timeout)
-        out = proc.stdout
-        problem = 'exited with status %d' % proc.returncode if proc.returncode else None
     except subprocess.TimeoutExpired:  # killed; the launcher's workers die with it
-        raise UserError('%s timed out after %d s (--run_timeout); stopped it'
-                        % (label, FLAGS.run_timeout))
-    results = re.findall(r'^%s (\{.*\})$' % RESULT, out, re.M)
-    if problem is None and not results:
-        problem = 'printed no %s line' % RESULT
-    if problem is not None:
-        raise UserError('%s %s: %s' % (label, problem, _last_line(out)))
-    result = json.loads(results[-1])
+        raise _timed_out(label)
+    result = _result(proc.stdout, proc.returncode, label)
     if result['replicas'] != workers:
         raise UserError('%s ran %d replicas, expected %d' % (label, result['replicas'], workers))
     return result
@@ -211,13 +204,24 @@ def run_independent(workers, args, env, label):
         except subprocess.TimeoutExpired:
             for other in procs:
                 other.kill()
-            raise UserError('%s timed out after %d s (--run_timeout); stopped it'
-                            % (label, FLAGS.run_timeout))
-        results = re.findall(r'^%s (\{.*\})$' % RESULT, out, re.M)
-        if proc.returncode or not results:
-            raise UserError('%s failed: %s' % (label, _last_line(out)))
-        total += json.loads(results[-1])['img_per_s']
+            raise _timed_out(label)
+        total += _result(out, proc.returncode, label)['img_per_s']
     return total
+
+
+def _timed_out(label):
+    return UserError('%s timed out after %d s (--run_timeout); stopped it' % (label, FLAGS.run_timeout))
+
+
+def _result(out, returncode, label):
+    """The last SCALING_RESULT of a run's output; UserError when it failed or printed none."""
+    results = re.findall(r'^%s (\{.*\})$' % RESULT, out, re.M)
+    problem = 'exited with status %d' % returncode if returncode else None
+    if problem is None and not results:
+        problem = 'printed no %s line' % RESULT
+    if problem is not None:
+        raise UserError('%s %s: %s' % (label, problem, _last_line(out)))
+    return json.loads(results[-1])
 
 
 def _last_line(text):
