@@ -238,7 +238,8 @@ def driver():
         if FLAGS[name].present:
             raise UserError('--%s: this benchmark runs every worker on the CPU in fp32, one '
                             'replica each' % name)
-    for name, least in (('steps', 1), ('warmup', 0), ('repeats', 1), ('threads', 0)):
+    for name, least in (('steps', 1), ('warmup', 0), ('repeats', 1), ('threads', 0),
+                        ('trace_steps', 0)):
         if FLAGS[name].value < least:
             raise UserError('--%s=%d: give %d or more' % (name, FLAGS[name].value, least))
     temp = tempfile.mkdtemp(prefix='realmix-scaling-')

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark_scaling.py')
@@ -49,8 +51,9 @@ def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
     assert 'Traceback' not in text
 
 
-def test_bad_flag_is_one_error_line(tmp_path):
-    out = run(['--workers=1'], tmp_path, timeout=120)
+@pytest.mark.parametrize('flag', ['--workers=1', '--trace_steps=-1'])
+def test_bad_flag_is_one_error_line(tmp_path, flag):
+    out = run([flag], tmp_path, timeout=120)
     assert out.returncode == 1
-    assert out.stdout.strip().splitlines()[-1].startswith('error: --workers=1')
+    assert out.stdout.strip().splitlines()[-1].startswith('error: ' + flag)
     assert 'Traceback' not in out.stdout
