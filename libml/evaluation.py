@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import tensorflow.compat.v1 as tf
-from sklearn import metrics
 
 from libml import data, layers
 from libml.utils import write_text_atomic
@@ -150,6 +149,7 @@ def _accuracy(probs, labels):
 
 def class_metrics(probs, labels, class_names):
     """Per-class accuracy and macro / weighted precision, recall and F1 (percent)."""
+    from sklearn import metrics  # here: a second of start-up that a refused command never needs
     predicted = probs.argmax(1)
     per_class = collections.OrderedDict()
     for index, name in enumerate(class_names):

@@ -13,8 +13,8 @@ memory bandwidth slow each core's kernels once every core works). Every process 
 session with --threads intra- and inter-op threads), --warmup untimed steps, then --steps timed
 ones; rank 0 prints `SCALING_RESULT {"img_per_s": X, "replicas": R}`, X being global labeled images
 per second (the global step counts them). The driver prints the medians and the ratio N-worker /
-1-worker global img/s (ideal N, goal 0.9 N), then the split of one traced step of rank 0 (median of
---trace_steps traced after the timed ones): computation (the span of the step's kernels but the
+1-worker global img/s (ideal N, goal 0.9 N), then the split of one traced step of rank 0 (the one of
+median length of --trace_steps traced after the timed ones): computation (the span of the step's kernels but the
 collectives), collectives (their wall-clock union, waiting for the other workers included) and
 session (the rest of the run call's wall time). Without --dataset it writes a synthetic 32x32 dataset
 to a temporary folder (removed after a successful measurement). Defaults: a small Wide ResNet
@@ -105,8 +105,8 @@ def worker():
             session.run(ops['barrier'])
     if device.chief:
         result = {'img_per_s': float(images) / seconds, 'replicas': device.cluster.replicas}
-        if split:  # milliseconds per step: the median of the traced steps
-            result.update(zip(SPLIT, np.median(split, axis=0).tolist()))
+        if split:  # milliseconds: the traced step of median length, whose parts add up to it
+            result.update(zip(SPLIT, median_step(split)))
         print('%s %s' % (RESULT, json.dumps(result)), flush=True)
     device.leave()
 
@@ -135,6 +135,13 @@ def traced_step(session, train_op):
     graph_ms = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e3 if spans else 0.
     collective_ms = union_length(collective) / 1e3
     return wall_ms, graph_ms - collective_ms, collective_ms, max(wall_ms - graph_ms, 0.)
+
+
+def median_step(splits):
+    """The split of the step of median wall time (the lower one of an even count): a median per
+    column would not add up to the step, and one slow step would not show where its time went."""
+    ordered = sorted(splits, key=lambda split: split[0])
+    return list(ordered[(len(ordered) - 1) // 2])
 
 
 def union_length(intervals):
@@ -293,11 +300,11 @@ def driver():
               '(runs: %s): the ceiling on this machine'
               % (n, ceiling, ceiling / median[1], ' '.join('%.1f' % r for r in independent)))
     if FLAGS.trace_steps:
-        print('one traced step of rank 0, ms (median of the runs\' medians of %d traced steps):'
-              % FLAGS.trace_steps)
+        print('one traced step of rank 0, ms (the median step of the runs\' median steps of %d traced '
+              'steps; its parts add up to it):' % FLAGS.trace_steps)
         print('                  step  computation  collectives  session')
         for workers in (1, n):
-            step, compute, collective, session = np.median(splits[workers], axis=0)
+            step, compute, collective, session = median_step(splits[workers])
             print('%d worker%s    %8.1f     %8.1f     %8.1f  %7.1f'
                   % (workers, 's' if workers > 1 else ' ', step, compute, collective, session))
     shutil.rmtree(temp, ignore_errors=True)

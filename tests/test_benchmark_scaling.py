@@ -44,8 +44,8 @@ def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
         r'^(\d) workers? +((?:[\d.]+ +){3}[\d.]+)$', text, re.M))
     assert set(split) == {'1', '2'}, text
     for workers, (step, compute, collectives, session) in split.items():
-        # Medians of each part (of the traced steps, then of the runs): they add up to about the step.
-        assert compute > 0 and session >= 0 and 0.8 * step <= compute + collectives + session <= 1.2 * step, text
+        # The split of one step (the median one): its parts add up to it, to the printed rounding.
+        assert compute > 0 and session >= 0 and abs(compute + collectives + session - step) <= 0.2, text
         assert (collectives > 0) == (workers == '2'), text  # one worker has nothing to exchange
     assert 'SCALING_RESULT' not in text  # the workers' lines are parsed, not echoed
     assert 'Traceback' not in text

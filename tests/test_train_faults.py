@@ -5,6 +5,7 @@ disk (RLIMIT_FSIZE stands in for it)."""
 import glob
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,17 +112,29 @@ def test_stop_signals_finish_the_step_then_a_second_signal_stops_at_once():
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
 
 
+def _run_args(dataset, train_dir):
+    return ['--dataset=' + dataset, '--train_dir=' + train_dir, '--batch=8', '--train_kimg=3'] + TINY + [
+        '--filters=32']  # after TINY's: the last one counts
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_root, tmp_path_factory):
+    """A run of 3 checkpoints (1, 2 and 3 kimg), trained once; 32 filters make a checkpoint
+    outweigh an epoch's event records."""
+    root, dataset = data_root
+    train_dir = str(tmp_path_factory.mktemp('finished') / 'runs')
+    code, out = finish(realmix(_run_args(dataset, train_dir), root))
+    assert code == 0, out
+    return train_dir
+
+
 @pytest.fixture
-def stopped_run(data_root, tmp_path):
-    """A run of 3 checkpoints (1, 2 and 3 kimg); 32 filters make a checkpoint outweigh an
-    epoch's event records."""
+def stopped_run(data_root, finished_run, tmp_path):
+    """A test's own copy of the finished run, to damage as it likes."""
     root, dataset = data_root
     train_dir = str(tmp_path / 'runs')
-    args = ['--dataset=' + dataset, '--train_dir=' + train_dir, '--batch=8', '--train_kimg=3'] + TINY
-    args += ['--filters=32']
-    code, out = finish(realmix(args, root))
-    assert code == 0, out
-    return dict(root=root, args=args, run_dir=run_dir_of(train_dir))
+    shutil.copytree(finished_run, train_dir)
+    return dict(root=root, args=_run_args(dataset, train_dir), run_dir=run_dir_of(train_dir))
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_and_none_restoring_is_one_line(stopped_run):
