@@ -7,16 +7,18 @@
 The driver (the default --role) times, --repeats times and alternating so that a change in machine
 load hits each: (a) one worker process (no TF_CONFIG), (b) --workers processes started through
 scripts/launch.py (TF_CONFIG, MultiWorkerMirroredStrategy) and, with --pin, (c) --workers single
-workers at once, pinned alike but never talking: the ceiling this machine allows (shared caches and
-memory bandwidth slow each core's kernels once every core works). Every process is this script with
---role=worker: the library's train step (train.training_graph, the device's
-session with --threads intra- and inter-op threads), --warmup untimed steps, then --steps timed
-ones; rank 0 prints `SCALING_RESULT {"img_per_s": X, "replicas": R}`, X being global labeled images
-per second (the global step counts them). The driver prints the medians and the ratio N-worker /
-1-worker global img/s (ideal N, goal 0.9 N), then the split of one traced step of rank 0 (the one of
-median length of --trace_steps traced after the timed ones): computation (the span of the step's kernels but the
-collectives), collectives (their wall-clock union, waiting for the other workers included) and
-session (the rest of the run call's wall time). Without --dataset it writes a synthetic 32x32 dataset
+workers at once, pinned alike but never talking, that start timing together and keep stepping
+until all are done (--sync_dir): the ceiling this machine allows (shared caches and memory
+bandwidth slow each core's kernels once every core works). Every process is this script with
+--role=worker: the library's train step (train.training_graph, the device's session with
+--threads intra- and inter-op threads), --warmup untimed steps, then --steps timed ones; rank 0
+prints `SCALING_RESULT {"img_per_s": X, "replicas": R}`, X being global labeled images per second
+(the global step counts them). The driver prints the medians and the ratio N-worker / 1-worker
+global img/s (ideal N, goal 0.9 N), then the split of one traced step (the one of median length of
+--trace_steps traced after the timed ones) of one worker, of rank 0 and of the first independent
+worker: computation (the span of the step's kernels but the collectives), collectives (their
+wall-clock union, waiting for the other workers included) and session (the rest of the run call's
+wall time). Without --dataset it writes a synthetic 32x32 dataset
 to a temporary folder (removed after a successful measurement). Defaults: a small Wide ResNet
 (--filters=16 --repeat=1), batch 64 per replica. Every realmix.py hyperparameter flag is accepted
 but --device, --precision, --replicas and --iterations_per_loop: the workers run on the CPU in
@@ -24,10 +26,12 @@ fp32, one replica each. A measurement, not a test: a missed goal still exits 0; 
 failed worker are one `error:` line and exit 1 (the workers' logs are kept then).
 """
 
+import glob
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,6 +66,9 @@ flags.DEFINE_integer('warmup', 5, 'Untimed steps before timing.')
 flags.DEFINE_integer('repeats', 3, 'Runs of each setting; the median is reported.')
 flags.DEFINE_integer('trace_steps', 3, 'Steps traced after the timed ones, for the split of a step '
                      'between computation, collectives and the session (0: none).')
+flags.DEFINE_string('sync_dir', '', 'Worker: a folder through which independent workers start timing '
+                    'together and keep stepping until every one has finished (the driver sets it), '
+                    'so that their timed and traced steps overlap.')
 flags.DEFINE_integer('run_timeout', 900, 'Seconds one run may take before it counts as failed.')
 FLAGS = flags.FLAGS
 
@@ -95,6 +102,7 @@ def worker():
                 session.run(ops['broadcast'])
             for _ in range(FLAGS.warmup):
                 session.run(ops['train_op'])
+            reach(FLAGS.sync_dir, 'ready', FLAGS.core, FLAGS.workers)
             first = session.run(ops['step'])
             start = time.time()
             for _ in range(FLAGS.steps):
@@ -102,6 +110,8 @@ def worker():
             seconds = time.time() - start
             images = session.run(ops['step']) - first  # the global step counts global images
             split = [traced_step(session, ops['train_op']) for _ in range(FLAGS.trace_steps)]
+            reach(FLAGS.sync_dir, 'done', FLAGS.core, FLAGS.workers,
+                  while_waiting=lambda: session.run(ops['train_op']))  # the load the others measure
             session.run(ops['barrier'])
     if device.chief:
         result = {'img_per_s': float(images) / seconds, 'replicas': device.cluster.replicas}
@@ -109,6 +119,17 @@ def worker():
             result.update(zip(SPLIT, median_step(split)))
         print('%s %s' % (RESULT, json.dumps(result)), flush=True)
     device.leave()
+
+
+def reach(sync_dir, stage, worker_id, workers, while_waiting=lambda: time.sleep(0.01)):
+    """Mark `stage` reached by this independent worker and wait until all `workers` have
+    reached it (nothing without a sync_dir: a run's workers move in lockstep anyway)."""
+    if not sync_dir:
+        return
+    with open(os.path.join(sync_dir, '%s-%d' % (stage, worker_id)), 'w'):
+        pass
+    while len(glob.glob(os.path.join(sync_dir, stage + '-*'))) < workers:
+        while_waiting()
 
 
 SPLIT = ('step_ms', 'compute_ms', 'collective_ms', 'session_ms')
@@ -197,23 +218,39 @@ def run_once(workers, args, env, log_dir, label):
     return result
 
 
-def run_independent(workers, args, env, label):
-    """Summed img/s of `workers` single-worker processes at once, pinned like the workers of a
-    run but never talking: the most data parallelism can reach on this machine."""
+def run_independent(workers, args, env, folder, label):
+    """Summed img/s of `workers` single-worker processes at once, and the first one's result, pinned like the workers of a
+    run but never talking, their timed steps overlapping (--sync_dir): the most data parallelism
+    can reach on this machine. One that fails stops the others, which would wait for it."""
     script = os.path.abspath(__file__)
-    procs = [subprocess.Popen([sys.executable, script, '--core=%d' % core] + args, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              universal_newlines=True) for core in range(workers)]
-    total = 0.
-    for proc in procs:
-        try:
-            out = proc.communicate(timeout=FLAGS.run_timeout)[0]
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise _timed_out(label)
-        total += _result(out, proc.returncode, label)['img_per_s']
-    return total
+    sync_dir = os.path.join(folder, 'sync')
+    os.makedirs(sync_dir)
+    logs = [os.path.join(folder, 'worker-%d.log' % core) for core in range(workers)]
+    procs = []
+    for core, log in enumerate(logs):
+        with open(log, 'w') as out:  # a file, not a pipe: nobody reads while they run
+            procs.append(subprocess.Popen(
+                [sys.executable, script, '--core=%d' % core, '--sync_dir=' + sync_dir,
+                 '--workers=%d' % workers] + args, env=env, stdout=out, stderr=subprocess.STDOUT))
+    deadline, timed_out = time.time() + FLAGS.run_timeout, False
+    while any(proc.poll() is None for proc in procs):
+        timed_out = time.time() > deadline
+        if timed_out or any(proc.poll() for proc in procs):
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            break
+        time.sleep(0.2)
+    if timed_out:
+        raise _timed_out(label)
+    outputs = []
+    for log in logs:
+        with open(log) as f:
+            outputs.append(f.read())
+    # A failure's own error line first: the others were stopped because of it.
+    order = sorted(range(workers), key=lambda i: procs[i].returncode == -signal.SIGKILL)
+    results = dict((i, _result(outputs[i], procs[i].returncode, label)) for i in order)
+    return sum(result['img_per_s'] for result in results.values()), results[0]
 
 
 def _timed_out(label):
@@ -265,7 +302,7 @@ def driver():
     print('%s scaling: %s, arch=%s filters=%d repeat=%d scales=%d, batch %d per replica'
           % (FLAGS.method, dataset_id, hp['arch'], hp['filters'], hp['repeat'], hp['scales'],
              hp['batch']), flush=True)
-    rates, splits, independent = {1: [], n: []}, {1: [], n: []}, []
+    rates, splits, independent = {1: [], n: []}, {1: [], n: [], 'independent': []}, []
     for repeat in range(FLAGS.repeats):  # round-robin, so a change in machine load hits both
         for workers in (1, n):
             label = '%d-worker run %d of %d' % (workers, repeat + 1, FLAGS.repeats)
@@ -276,7 +313,10 @@ def driver():
             print('  %s: %.1f img/s' % (label, result['img_per_s']), flush=True)
         if FLAGS.pin:
             label = '%d independent workers, run %d of %d' % (n, repeat + 1, FLAGS.repeats)
-            independent.append(run_independent(n, args, env, label))
+            total, first = run_independent(n, args, env, os.path.join(temp, 'independent-%d' % repeat),
+                                           label)
+            independent.append(total)
+            splits['independent'].append([first[key] for key in SPLIT if key in first])
             print('  %s: %.1f img/s in all' % (label, independent[-1]), flush=True)
     median = dict((w, float(np.median(r))) for w, r in rates.items())
     cflags = npu_config.cpu_flags()
@@ -303,10 +343,10 @@ def driver():
         print('one traced step of rank 0, ms (the median step of the runs\' median steps of %d traced '
               'steps; its parts add up to it):' % FLAGS.trace_steps)
         print('                  step  computation  collectives  session')
-        for workers in (1, n):
-            step, compute, collective, session = median_step(splits[workers])
-            print('%d worker%s    %8.1f     %8.1f     %8.1f  %7.1f'
-                  % (workers, 's' if workers > 1 else ' ', step, compute, collective, session))
+        rows = [(1, '1 worker'), (n, '%d workers' % n), ('independent', '1 of %d indep.' % n)]
+        for key, label in rows:
+            if splits[key]:
+                print('%-14s%8.1f     %8.1f     %8.1f  %7.1f' % ((label,) + tuple(median_step(splits[key]))))
     shutil.rmtree(temp, ignore_errors=True)
 
 

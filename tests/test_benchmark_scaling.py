@@ -1,6 +1,6 @@
 """scripts/benchmark_scaling.py: one worker against two (scripts/launch.py) and two independent
-ones, the table, the ratio and the traced split of a step; a bad flag is one error line. A tiny network and two timed steps: this checks the
-plumbing, not the speed."""
+ones timed together, the table, the ratio and the traced split of a step; a bad flag is one error
+line. A tiny network and two timed steps: this checks the plumbing, not the speed."""
 
 import os
 import re
@@ -41,12 +41,12 @@ def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
                         r'in all, ([\d.]+) x one', text, re.M)
     assert ceiling and float(ceiling.group(1)) > 0, text
     split = dict((m.group(1), [float(x) for x in m.group(2).split()]) for m in re.finditer(
-        r'^(\d) workers? +((?:[\d.]+ +){3}[\d.]+)$', text, re.M))
-    assert set(split) == {'1', '2'}, text
-    for workers, (step, compute, collectives, session) in split.items():
+        r'^(1 worker|2 workers|1 of 2 indep\.) +((?:[\d.]+ +){3}[\d.]+)$', text, re.M))
+    assert set(split) == {'1 worker', '2 workers', '1 of 2 indep.'}, text
+    for row, (step, compute, collectives, session) in split.items():
         # The split of one step (the median one): its parts add up to it, to the printed rounding.
         assert compute > 0 and session >= 0 and abs(compute + collectives + session - step) <= 0.2, text
-        assert (collectives > 0) == (workers == '2'), text  # one worker has nothing to exchange
+        assert (collectives > 0) == (row == '2 workers'), text  # the others exchange nothing
     assert 'SCALING_RESULT' not in text  # the workers' lines are parsed, not echoed
     assert 'Traceback' not in text
 

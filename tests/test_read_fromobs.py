@@ -105,6 +105,20 @@ def test_download_copies_every_byte_and_hides_the_secret(staged, tmp_path):
     assert_secret_hidden(proc, server.secret_access_key)
 
 
+def test_the_stand_in_answers_every_v2_signature_as_s3(staged):
+    """moto guessed the service from a V2/OBS signature as if it were SigV4; one with four "/"
+    made it answer HTTP 500 (CI failed on it twice): the stand-in must not fail a real client."""
+    import urllib.error
+    import urllib.request
+    server, _ = staged
+    for signature in ('abcdefghijklmnopqrstuvwxyz0=', 'ab/cd/ef/gh/ijklmnopqrstuvwx='):
+        request = urllib.request.Request(server.endpoint + '/data-bkt/ds/missing', headers={
+            'Authorization': 'AWS %s:%s' % (server.access_key_id, signature)})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        assert answer.value.code == 404, signature  # NoSuchKey, from moto's S3
+
+
 def test_rerun_skips_present_files_and_refetches_wrong_sizes(staged, tmp_path):
     _, files = staged
     dst = str(tmp_path / 'out')
