@@ -219,9 +219,9 @@ def run_once(workers, args, env, log_dir, label):
 
 
 def run_independent(workers, args, env, folder, label):
-    """Summed img/s of `workers` single-worker processes at once, and the first one's result, pinned like the workers of a
-    run but never talking, their timed steps overlapping (--sync_dir): the most data parallelism
-    can reach on this machine. One that fails stops the others, which would wait for it."""
+    """Summed img/s of `workers` single-worker processes at once, pinned like the workers of a run
+    but never talking, their timed steps overlapping (--sync_dir): the most data parallelism can
+    reach on this machine; and the first one's result. One that fails stops the others."""
     script = os.path.abspath(__file__)
     sync_dir = os.path.join(folder, 'sync')
     os.makedirs(sync_dir)
@@ -249,7 +249,7 @@ def run_independent(workers, args, env, folder, label):
             outputs.append(f.read())
     # A failure's own error line first: the others were stopped because of it.
     order = sorted(range(workers), key=lambda i: procs[i].returncode == -signal.SIGKILL)
-    results = dict((i, _result(outputs[i], procs[i].returncode, label)) for i in order)
+    results = {i: _result(outputs[i], procs[i].returncode, label) for i in order}
     return sum(result['img_per_s'] for result in results.values()), results[0]
 
 
@@ -346,7 +346,8 @@ def driver():
         rows = [(1, '1 worker'), (n, '%d workers' % n), ('independent', '1 of %d indep.' % n)]
         for key, label in rows:
             if splits[key]:
-                print('%-14s%8.1f     %8.1f     %8.1f  %7.1f' % ((label,) + tuple(median_step(splits[key]))))
+                print('%-14s%8.1f     %8.1f     %8.1f  %7.1f'
+                      % ((label,) + tuple(median_step(splits[key]))))
     shutil.rmtree(temp, ignore_errors=True)
 
 

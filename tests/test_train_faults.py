@@ -113,8 +113,9 @@ def test_stop_signals_finish_the_step_then_a_second_signal_stops_at_once():
 
 
 def _run_args(dataset, train_dir):
-    return ['--dataset=' + dataset, '--train_dir=' + train_dir, '--batch=8', '--train_kimg=3'] + TINY + [
-        '--filters=32']  # after TINY's: the last one counts
+    # --filters after TINY's: the last one counts.
+    return (['--dataset=' + dataset, '--train_dir=' + train_dir, '--batch=8', '--train_kimg=3']
+            + TINY + ['--filters=32'])
 
 
 @pytest.fixture(scope='module')
