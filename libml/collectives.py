@@ -1,8 +1,8 @@
 """Packed cross-worker collectives: many tensors through one all-reduce.
 
 Under MultiWorkerMirroredStrategy each collective is a round trip between the workers, so a step
-sends what must cross them (gradients, batch-norm moments, the logged scalars) in one flat tensor
-each time, not one collective per variable. One collective per step also fixes their order on
+sends what must cross them (gradients, batch-norm moments, the logged scalars) in one flat tensor,
+not one collective per variable. One collective per step also fixes their order on
 every worker, which NCCL needs on GPUs (two workers launching two collectives in different orders
 wait for each other for ever).
 """

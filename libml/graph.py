@@ -40,9 +40,10 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
                 first = len(tf.get_collection(layers.BN_UPDATES))
                 losses = method.losses(labeled_batch, unlabeled_batch, student, hp, step, nclass)
                 statistics = tf.get_collection(layers.BN_UPDATES)[first:]  # this replica's
-                train_op = training_update(device.replica_loss(losses['loss']), hp, step, optimizer,
-                                           ema, images_per_step, statistics, device)
                 losses[STOP_VOTE] = stop_request.read_value()
+                train_op, losses = training_update(
+                    device.replica_loss(losses['loss']), hp, step, optimizer, ema, images_per_step,
+                    statistics, device, scalars=losses)
                 with tf.control_dependencies([train_op]):
                     return dict((name, tf.identity(value)) for name, value in losses.items())
 
@@ -71,22 +72,29 @@ def saved_variables():
     return [v for v in tf.global_variables() if v.op.name != 'stop_request']
 
 
-def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=(), device=None):
-    """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then the image counter.
+def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=(), device=None,
+                    scalars=None):
+    """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then the image counter;
+    returns (that op, `scalars` as the workers share them).
 
     `statistics`: the BN_UPDATES entries of this replica's forward passes. Workers average the
-    gradients and the batch moments, in one collective; the rest is the same on every worker
-    and stays local. As in the reference, the EMA averages the trainable weights only; the EMA
-    model reads the raw batch-norm moving statistics (averaging them again would double their
-    lag). The counter counts images of every replica, so schedules follow the global batch.
+    gradients, the batch moments and the logged `scalars` ({name: scalar}), all in one collective;
+    the rest is the same on every worker and stays local. As in the reference, the EMA averages
+    the trainable weights only; the EMA model reads the raw batch-norm moving statistics (averaging
+    them again would double their lag). The counter counts images of every replica, so schedules
+    follow the global batch.
     """
     trainable = tf.trainable_variables('classify')
     grads_and_vars = [(g, v) for g, v in optimizer.compute_gradients(
         loss, var_list=trainable, colocate_gradients_with_ops=True) if g is not None]
-    shared = [g for g, _ in grads_and_vars] + [value for _, value, _ in statistics]
+    names = sorted(scalars or {})
+    shared = ([g for g, _ in grads_and_vars] + [value for _, value, _ in statistics]
+              + [scalars[name] for name in names])
     if device is not None:
         shared = device.mean_over_workers(shared)
-    grads, moments = shared[:len(grads_and_vars)], shared[len(grads_and_vars):]
+    grads = shared[:len(grads_and_vars)]
+    moments = shared[len(grads_and_vars):len(shared) - len(names)]
+    shared_scalars = dict(zip(names, shared[len(shared) - len(names):]))
     adam_step = optimizer.apply_gradients(list(zip(grads, [v for _, v in grads_and_vars])))
     statistics_update = [layers.moving_average_update(moving, moment, momentum)
                          for (moving, _, momentum), moment in zip(statistics, moments)]
@@ -99,4 +107,4 @@ def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=
     with tf.control_dependencies([decayed]):
         ema_update = ema.apply(trainable)
     with tf.control_dependencies([ema_update]):
-        return tf.assign_add(step, images_per_step).op
+        return tf.assign_add(step, images_per_step).op, shared_scalars

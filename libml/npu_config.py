@@ -369,7 +369,8 @@ class Device(object):
     def replicate(self, step_fn, local_inputs):
         """Run `step_fn(inputs) -> {name: scalar}` once per replica on its own inputs (one entry of
         `local_inputs` per local replica); the scalars come back averaged over every replica
-        (under HCCL too, so every rank logs, checks divergence and votes to stop alike)."""
+        (under HCCL too, so every rank logs, checks divergence and votes to stop alike; workers'
+        step_fn averages them itself, with its gradients, through `mean_over_workers`)."""
         if self.cluster.engine != 'mirrored':
             return self._mean_over_ranks(step_fn(local_inputs[0]))
         first = self.cluster.rank * self.cluster.local_replicas
@@ -386,22 +387,20 @@ class Device(object):
         return dict(zip(names, tf.unstack(mean)))
 
     def _mean_over_ranks(self, scalars):
-        """The scalars averaged over the processes (HCCL ranks or workers), in one stacked
-        float32 all-reduce; unchanged in one process."""
-        if self.cluster.engine not in ('hccl', 'multiworker'):
+        """The scalars averaged over the HCCL ranks, in one stacked float32 all-reduce; unchanged
+        otherwise: workers average them with the gradients, in the step's one collective
+        (`mean_over_workers`, called by graph.training_update)."""
+        if self.cluster.engine != 'hccl':
             return scalars
         names = sorted(scalars)
         stacked = tf.stack([tf.cast(scalars[k], tf.float32) for k in names])
-        if self.cluster.engine == 'hccl':
-            hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
-            mean = hccl_ops.allreduce(stacked, 'sum') / float(self.cluster.workers)
-        else:
-            mean = self.mean_over_workers([stacked])[0]
+        hccl_ops = importlib.import_module('npu_bridge.hccl.hccl_ops')
+        mean = hccl_ops.allreduce(stacked, 'sum') / float(self.cluster.workers)
         return dict(zip(names, tf.unstack(mean)))
 
     def mean_over_workers(self, tensors):
         """Multi-worker: the tensors averaged over the workers in one packed collective (the
-        step's gradients and batch-norm moments); unchanged otherwise (an in-process strategy
+        step's gradients, batch-norm moments and logged scalars); unchanged otherwise (an in-process strategy
         averages its replicas itself, HCCL's optimizer the gradients)."""
         if self.cluster.engine != 'multiworker':
             return list(tensors)

@@ -40,16 +40,19 @@ def ancestors(op):
     return seen
 
 
-def step_collectives(train_op):
+def step_collectives(ops):
     """The collectives a step runs (input size, the collectives it waits for), whether every
-    batch-norm moment feeds one, and how many trainable variables there are."""
-    found = [op for op in ancestors(train_op) if op.type.startswith('Collective')]
+    batch-norm moment feeds one, whether every logged scalar and the stop vote come out of one,
+    and how many trainable variables there are."""
+    found = [op for op in ancestors(ops['train_op']) if op.type.startswith('Collective')]
     waits = {op: ancestors(op) for op in found}
     moments = [value.op for _, value, _ in tf.get_collection(layers.BN_UPDATES)]
     return dict(collectives=[dict(name=op.name, size=int(op.inputs[0].shape.num_elements()),
                                   after=sorted(o.name for o in found if o is not op and o in waits[op]))
                              for op in sorted(found, key=lambda op: op.name)],
                 moments_packed=all(any(m in waits[op] for op in found) for m in moments),
+                scalars_packed=all(any(op in ancestors(value.op) for op in found)
+                                   for value in list(ops['losses'].values()) + [ops['stop_vote']]),
                 trainable=len(tf.trainable_variables('classify')))
 
 
@@ -68,7 +71,7 @@ def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augme
             start = [tf.assign(v, initial_value(v)) for v in tf.global_variables()
                      if v.op.name.startswith('classify/') and '/Adam' not in v.op.name]
         names = [v.op.name for v in tf.global_variables()]
-        collectives = step_collectives(ops['train_op'])
+        collectives = step_collectives(ops)
         with device.session(graph) as session:
             session.run(tf.global_variables_initializer())
             session.run(start)

@@ -179,7 +179,7 @@ def test_weight_decay_then_ema_after_each_adam_step():
     step = tf.train.get_or_create_global_step()
     hp = dict(lr=lr, wd=wd, ema=decay, batch=64)
     ema = tf.train.ExponentialMovingAverage(decay)
-    train_op = training_update(loss, hp, step, tf.train.AdamOptimizer(lr), ema, 64)
+    train_op, _ = training_update(loss, hp, step, tf.train.AdamOptimizer(lr), ema, 64)
     with tf.Session() as session:
         session.run(tf.global_variables_initializer())
         session.run(train_op)
