@@ -12,9 +12,12 @@ until all are done (--sync_dir): the ceiling this machine allows (shared caches 
 bandwidth slow each core's kernels once every core works). Every process is this script with
 --role=worker: the library's train step (train.training_graph, the device's session with
 --threads intra- and inter-op threads), --warmup untimed steps, then --steps timed ones; rank 0
-prints `SCALING_RESULT {"img_per_s": X, "replicas": R}`, X being global labeled images per second
-(the global step counts them). The driver prints the medians and the ratio N-worker / 1-worker
-global img/s (ideal N, goal 0.9 N), then the split of one traced step (the one of median length of
+prints `SCALING_RESULT {"img_per_s": X, "replicas": R, "steps_ms": [...]}`, X being global labeled
+images per second (the global step counts them). The driver prints the medians and the ratio
+N-worker / 1-worker global img/s (ideal N, goal 0.9 N); what the independent workers' own step
+times would cost in lockstep, where each step waits for the slowest (the expected slowest of a
+draw of one step from each, against their mean step; the ceiling divided by it is the best a
+synchronous run could do here); then the split of one traced step (the one of median length of
 --trace_steps traced after the timed ones) of one worker, of rank 0 and of the first independent
 worker: computation (the span of the step's kernels but the collectives), collectives (their
 wall-clock union, waiting for the other workers included) and session (the rest of the run call's
@@ -104,17 +107,20 @@ def worker():
                 session.run(ops['train_op'])
             reach(FLAGS.sync_dir, 'ready', FLAGS.core, FLAGS.workers)
             first = session.run(ops['step'])
-            start = time.time()
+            durations = []
             for _ in range(FLAGS.steps):
+                start = time.time()
                 session.run(ops['train_op'])
-            seconds = time.time() - start
+                durations.append(time.time() - start)
+            seconds = sum(durations)
             images = session.run(ops['step']) - first  # the global step counts global images
             split = [traced_step(session, ops['train_op']) for _ in range(FLAGS.trace_steps)]
             reach(FLAGS.sync_dir, 'done', FLAGS.core, FLAGS.workers,
                   while_waiting=lambda: session.run(ops['train_op']))  # the load the others measure
             session.run(ops['barrier'])
     if device.chief:
-        result = {'img_per_s': float(images) / seconds, 'replicas': device.cluster.replicas}
+        result = {'img_per_s': float(images) / seconds, 'replicas': device.cluster.replicas,
+                  'steps_ms': [round(d * 1e3, 2) for d in durations]}
         if split:  # milliseconds: the traced step of median length, whose parts add up to it
             result.update(zip(SPLIT, median_step(split)))
         print('%s %s' % (RESULT, json.dumps(result)), flush=True)
@@ -163,6 +169,16 @@ def median_step(splits):
     column would not add up to the step, and one slow step would not show where its time went."""
     ordered = sorted(splits, key=lambda split: split[0])
     return list(ordered[(len(ordered) - 1) // 2])
+
+
+def expected_slowest(steps):
+    """The expected length of the slowest of a draw of one step from each worker's `steps` (ms
+    lists): what a synchronous step would last were the workers' step times independent."""
+    values = np.unique(np.concatenate([np.asarray(s, float) for s in steps]))
+    # P(slowest <= v) is the product of each worker's share of steps <= v.
+    below = np.prod([np.searchsorted(np.sort(s), values, side='right') / float(len(s))
+                     for s in steps], axis=0)
+    return float(np.sum(values * np.diff(np.concatenate([[0.], below]))))
 
 
 def union_length(intervals):
@@ -221,7 +237,7 @@ def run_once(workers, args, env, log_dir, label):
 def run_independent(workers, args, env, folder, label):
     """Summed img/s of `workers` single-worker processes at once, pinned like the workers of a run
     but never talking, their timed steps overlapping (--sync_dir): the most data parallelism can
-    reach on this machine; and the first one's result. One that fails stops the others."""
+    reach on this machine; and their results, in core order. One that fails stops the others."""
     script = os.path.abspath(__file__)
     sync_dir = os.path.join(folder, 'sync')
     os.makedirs(sync_dir)
@@ -250,7 +266,8 @@ def run_independent(workers, args, env, folder, label):
     # A failure's own error line first: the others were stopped because of it.
     order = sorted(range(workers), key=lambda i: procs[i].returncode == -signal.SIGKILL)
     results = {i: _result(outputs[i], procs[i].returncode, label) for i in order}
-    return sum(result['img_per_s'] for result in results.values()), results[0]
+    ordered = [results[i] for i in range(workers)]
+    return sum(result['img_per_s'] for result in ordered), ordered
 
 
 def _timed_out(label):
@@ -303,6 +320,7 @@ def driver():
           % (FLAGS.method, dataset_id, hp['arch'], hp['filters'], hp['repeat'], hp['scales'],
              hp['batch']), flush=True)
     rates, splits, independent = {1: [], n: []}, {1: [], n: [], 'independent': []}, []
+    lockstep_cost = []  # per run: E[slowest independent step] / mean independent step
     for repeat in range(FLAGS.repeats):  # round-robin, so a change in machine load hits both
         for workers in (1, n):
             label = '%d-worker run %d of %d' % (workers, repeat + 1, FLAGS.repeats)
@@ -313,10 +331,12 @@ def driver():
             print('  %s: %.1f img/s' % (label, result['img_per_s']), flush=True)
         if FLAGS.pin:
             label = '%d independent workers, run %d of %d' % (n, repeat + 1, FLAGS.repeats)
-            total, first = run_independent(n, args, env, os.path.join(temp, 'independent-%d' % repeat),
-                                           label)
+            folder = os.path.join(temp, 'independent-%d' % repeat)
+            total, each = run_independent(n, args, env, folder, label)
             independent.append(total)
-            splits['independent'].append([first[key] for key in SPLIT if key in first])
+            splits['independent'].append([each[0][key] for key in SPLIT if key in each[0]])
+            steps = [result['steps_ms'] for result in each]
+            lockstep_cost.append(expected_slowest(steps) / np.mean(np.concatenate(steps)))
             print('  %s: %.1f img/s in all' % (label, independent[-1]), flush=True)
     median = dict((w, float(np.median(r))) for w, r in rates.items())
     cflags = npu_config.cpu_flags()
@@ -339,6 +359,10 @@ def driver():
         print('%d independent single workers at once (no collectives): %.1f img/s in all, %.2f x one '
               '(runs: %s): the ceiling on this machine'
               % (n, ceiling, ceiling / median[1], ' '.join('%.1f' % r for r in independent)))
+        cost = float(np.median(lockstep_cost))
+        print('their steps vary: in lockstep each step would last the slowest of %d, %.0f %% '
+              'longer than their mean step (median of runs): at best %.2f x one synchronous'
+              % (n, 100 * (cost - 1), ceiling / cost / median[1]))
     if FLAGS.trace_steps:
         print('one traced step of rank 0, ms (the median step of the runs\' median steps of %d traced '
               'steps; its parts add up to it):' % FLAGS.trace_steps)

@@ -40,6 +40,10 @@ def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
     ceiling = re.search(r'^2 independent single workers at once \(no collectives\): ([\d.]+) img/s '
                         r'in all, ([\d.]+) x one', text, re.M)
     assert ceiling and float(ceiling.group(1)) > 0, text
+    lockstep = re.search(r'^their steps vary: in lockstep each step would last the slowest of 2, '
+                         r'(\d+) % longer than their mean step \(median of runs\): '
+                         r'at best ([\d.]+) x one synchronous$', text, re.M)
+    assert lockstep and float(lockstep.group(2)) <= float(ceiling.group(2)) + 0.01, text
     split = dict((m.group(1), [float(x) for x in m.group(2).split()]) for m in re.finditer(
         r'^(1 worker|2 workers|1 of 2 indep\.) +((?:[\d.]+ +){3}[\d.]+)$', text, re.M))
     assert set(split) == {'1 worker', '2 workers', '1 of 2 indep.'}, text
@@ -49,6 +53,17 @@ def test_two_workers_against_one_prints_the_table_and_the_ratio(tmp_path):
         assert (collectives > 0) == (row == '2 workers'), text  # the others exchange nothing
     assert 'SCALING_RESULT' not in text  # the workers' lines are parsed, not echoed
     assert 'Traceback' not in text
+
+
+def test_the_slowest_of_independent_steps_is_its_expectation_over_every_pairing():
+    """[1, 3] against [2, 2] ms: the slower of each pairing is 2 or 3, so 2.5 on average; equal
+    steps cost nothing; three workers of [1, 2]: only (1, 1, 1) of 8 draws is 1, so 15/8."""
+    code = ('import sys; sys.path.insert(0, %r); import benchmark_scaling as b; '
+            'print(b.expected_slowest([[1, 3], [2, 2]]), b.expected_slowest([[5, 5], [5]]), '
+            'b.expected_slowest([[1, 2]] * 3))' % os.path.dirname(SCRIPT))
+    out = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert out.stdout.split()[-3:] == ['2.5', '5.0', '1.875'], out.stdout
 
 
 @pytest.mark.parametrize('flag', ['--workers=1', '--trace_steps=-1'])
