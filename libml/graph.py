@@ -92,9 +92,9 @@ def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=
               + [scalars[name] for name in names])
     if device is not None:
         shared = device.mean_over_workers(shared)
-    grads = shared[:len(grads_and_vars)]
-    moments = shared[len(grads_and_vars):len(shared) - len(names)]
-    shared_scalars = dict(zip(names, shared[len(shared) - len(names):]))
+    moments_end = len(grads_and_vars) + len(statistics)
+    grads, moments = shared[:len(grads_and_vars)], shared[len(grads_and_vars):moments_end]
+    shared_scalars = dict(zip(names, shared[moments_end:]))
     adam_step = optimizer.apply_gradients(list(zip(grads, [v for _, v in grads_and_vars])))
     statistics_update = [layers.moving_average_update(moving, moment, momentum)
                          for (moving, _, momentum), moment in zip(statistics, moments)]

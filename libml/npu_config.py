@@ -400,8 +400,8 @@ class Device(object):
 
     def mean_over_workers(self, tensors):
         """Multi-worker: the tensors averaged over the workers in one packed collective (the
-        step's gradients, batch-norm moments and logged scalars); unchanged otherwise (an in-process strategy
-        averages its replicas itself, HCCL's optimizer the gradients)."""
+        step's gradients, batch-norm moments and logged scalars); unchanged otherwise (an
+        in-process strategy averages its replicas itself, HCCL's optimizer the gradients)."""
         if self.cluster.engine != 'multiworker':
             return list(tensors)
         return collectives.mean_over_workers(self.strategy, tensors, self.cluster.workers)
