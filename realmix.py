@@ -18,7 +18,7 @@ import tensorflow.compat.v1 as tf
 from absl import app, flags
 
 import methods
-from libml import data, hparams, inference, npu_config, train
+from libml import data, hparams, inference, npu_config, run_folder, train
 from libml.utils import UserError, cli_main, quiet_native_logs
 
 FLAGS = flags.FLAGS
@@ -29,8 +29,8 @@ flags.adopt_module_key_flags(hparams)  # so --help lists them beside the flags b
 flags.DEFINE_string('train_dir', './experiments', 'Runs go to TRAIN_DIR/DATASET/EXPERIMENT/.')
 flags.DEFINE_string('eval_ckpt', '', 'Evaluate this checkpoint (no training) and write its table.')
 flags.DEFINE_string('load_checkpoint', '', 'Fine-tune: start from this checkpoint\'s weights, '
-                    'statistics, EMA and Adam state, all but the classifier head (as the reference).')
-flags.DEFINE_bool('reset_optimizer', False, 'With --load_checkpoint: start Adam afresh instead.')
+                    'statistics, EMA and optimizer state, all but the classifier head (as the reference).')
+flags.DEFINE_bool('reset_optimizer', False, 'With --load_checkpoint: start the optimizer (Adam, momentum) afresh instead.')
 flags.DEFINE_bool('perform_inference', False, 'Classify the images of --inference_dir.')
 flags.DEFINE_string('inference_dir', '', 'Folder of images (or of class sub-folders).')
 flags.DEFINE_string('inference_ckpt', '', 'Checkpoint for inference.')
@@ -61,7 +61,7 @@ def main(argv):
 
 def evaluate_checkpoint(checkpoint, device):
     """The table of a checkpoint, with the network its run's args.json describes (not the flags)."""
-    path = train.checkpoint_path(checkpoint)
+    path = run_folder.checkpoint_path(checkpoint)
     run_dir, hp = inference.run_args(path)
     for name in ('tune_kimg', 'eval_batch'):  # evaluation settings the command line may change
         if FLAGS[name].present:

@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 
 import read_fromobs
-from libml import folders, names
+from libml import folders, names, run_folder
 from libml.utils import Stopped, UserError, cli_main, write_text_atomic
 
 # `python run_sh.py` with no arguments runs these flags: RealMix (TSA + OOD masking) on scikit-learn's
@@ -219,7 +219,7 @@ def run_folders(dataset_dir):
 def newest_run(dataset_dir):
     """The run folder trained last: realmix.py rewrites args/args.json whenever training starts."""
     def started(run):
-        args = os.path.join(run, 'args', 'args.json')
+        args = run_folder.args_path(run)
         return os.path.getmtime(args if os.path.isfile(args) else run)
     runs = run_folders(dataset_dir)
     if not runs:
@@ -230,7 +230,7 @@ def newest_run(dataset_dir):
 def checkpoint_stamp(run):
     """(mtime, size) of RUN/tf/checkpoint, which the saver rewrites after each checkpoint; or None."""
     try:
-        stat = os.stat(os.path.join(run, 'tf', 'checkpoint'))
+        stat = os.stat(os.path.join(run_folder.checkpoint_dir(run), 'checkpoint'))
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size
@@ -291,7 +291,7 @@ def restore_runs(train_url, dataset_id, train_dir):
 
 def publish_result(run, train_url):
     """RUN/result.txt -> ./result.txt and TRAIN_URL/result.txt; returns the table."""
-    with open(os.path.join(run, 'result.txt')) as f:
+    with open(run_folder.result_path(run)) as f:
         table = f.read()
     write_text_atomic('result.txt', table)
     if train_url:
@@ -331,7 +331,8 @@ def train_and_evaluate(dataset_id, train_dir, extra, env, sync):
         if sync:  # also after a failure: keep what was trained
             sync.sync_new_checkpoints()
     run = newest_run(os.path.join(train_dir, dataset_id))
-    run_script('evaluating', 'realmix.py', flags_of_job + ['--eval_ckpt=' + os.path.join(run, 'tf')], env)
+    run_script('evaluating', 'realmix.py', flags_of_job + ['--eval_ckpt=' + run_folder.checkpoint_dir(run)],
+               env)
     if sync:
         sync.sync(run)
     return run

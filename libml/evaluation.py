@@ -2,12 +2,11 @@
 
 import collections
 import json
-import os
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from libml import data, layers
+from libml import data, layers, run_folder
 from libml.utils import write_text_atomic
 
 SUBSETS = ('labeled', 'valid', 'test')
@@ -175,9 +174,9 @@ def format_table(table):
 
 def write_report(folder, report, step):
     """result.txt (the table) and stats.json (everything) in the run folder, atomically."""
-    write_text_atomic(os.path.join(folder, 'result.txt'), format_table(report['table']))
+    write_text_atomic(run_folder.result_path(folder), format_table(report['table']))
     stats = dict(report, step=int(step), kimg=step / 1024.)
-    write_text_atomic(os.path.join(folder, 'stats.json'), json.dumps(_no_nan(stats), indent=2) + '\n')
+    write_text_atomic(run_folder.stats_path(folder), json.dumps(_no_nan(stats), indent=2) + '\n')
 
 
 def _no_nan(value):

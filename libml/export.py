@@ -10,15 +10,13 @@ to [-1, 1] themselves.
 import contextlib
 import json
 import os
-import re
 import shutil
 
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from libml import data, graph_audit
+from libml import data, graph_audit, run_folder
 from libml.graph import build_graph
-from libml.train import CheckedRestore, checkpoint_path, read_args
 from libml.utils import UserError, error_text, write_problem, write_problems_reported, write_text_atomic
 
 FORMATS = ('pb', 'savedmodel')
@@ -29,7 +27,6 @@ CLASSES_DTYPE = tf.int32  # argmax index; int32 is what ATC and most runtimes ta
 PB_NAME = 'realmix.pb'
 SAVEDMODEL_DIR = 'savedmodel'
 INFO_NAME = 'export.json'
-CHECKPOINT_NAME = re.compile(r'^model\.ckpt-(\d+)\.index$')
 VARIABLE_OPS = frozenset(['Variable', 'VariableV2', 'VarHandleOp', 'ReadVariableOp',
                           'AssignVariableOp', 'Assign'])
 
@@ -38,37 +35,11 @@ def run_hparams(run_dir):
     """The hyperparameters of a run folder (RUN/args/args.json); UserError when it has none."""
     if not os.path.isdir(run_dir):
         raise UserError('%s: no such run folder' % run_dir)
-    hp = read_args(run_dir)
+    hp = run_folder.read_args(run_dir)
     if hp is None:
         raise UserError('%s has no args/args.json, so the network cannot be rebuilt; pass a run '
                         'folder made by realmix.py (TRAIN_DIR/DATASET/EXPERIMENT)' % run_dir)
     return hp
-
-
-def checkpoint_steps(run_dir):
-    """The steps of the complete checkpoints in RUN/tf/, ascending."""
-    folder = os.path.join(run_dir, 'tf')
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted(int(m.group(1)) for m in map(CHECKPOINT_NAME.match, names) if m)
-
-
-def find_checkpoint(run_dir, step=None):
-    """The checkpoint prefix of `step` in RUN/tf/, or the newest one; UserError when missing."""
-    steps = checkpoint_steps(run_dir)
-    if not steps:
-        raise UserError('%s has no checkpoint in tf/; train the run first' % run_dir)
-    if step is None:  # the newest the state file names, else the highest step
-        latest = tf.train.latest_checkpoint(os.path.join(run_dir, 'tf'))
-        return latest or os.path.join(run_dir, 'tf', 'model.ckpt-%d' % steps[-1])
-    if step not in steps:
-        raise UserError('%s has no checkpoint at step %d (tf/model.ckpt-%d); it has steps %s'
-                        % (run_dir, step, step, ', '.join(str(s) for s in steps)))
-    return checkpoint_path(os.path.join(run_dir, 'tf', 'model.ckpt-%d' % step))
-
-
-def checkpoint_step(path):
-    """The step in a checkpoint prefix's name (RUN/tf/model.ckpt-STEP)."""
-    return int(path.rsplit('-', 1)[1])
 
 
 def parse_formats(text):
@@ -107,7 +78,7 @@ def freeze(hp, checkpoint, batch):
         # read ops): the same frozen nodes with TF 2 behaviour on or off.
         with tf.variable_scope(tf.get_variable_scope(), use_resource=False):
             build_inference_graph(hp, batch)
-        restore = CheckedRestore(tf.global_variables())
+        restore = run_folder.CheckedRestore(tf.global_variables())
         with tf.Session(graph=graph, config=tf.ConfigProto(device_count={'GPU': 0})) as session:
             restore.restore(session, checkpoint)
             frozen = tf.graph_util.convert_variables_to_constants(
@@ -185,7 +156,7 @@ def write_savedmodel(graph_def, folder):
 def checkpoint_accuracy(run_dir, step):
     """The EMA test accuracy of RUN/stats.json when it was measured at `step`, else None."""
     try:
-        with open(os.path.join(run_dir, 'stats.json')) as f:
+        with open(run_folder.stats_path(run_dir)) as f:
             stats = json.load(f)
         if stats.get('step') != step:
             return None
@@ -199,7 +170,7 @@ def export_info(hp, run_dir, checkpoint, batch, formats):
     """The contents of export.json: what a deployment needs to feed and read the model."""
     shape = image_shape(hp)
     nclass = int(hp['nclass'])
-    step = checkpoint_step(checkpoint)
+    step = run_folder.checkpoint_step(checkpoint)
     if 'pb' not in formats:
         batch = None  # the SavedModel alone: any batch
     info = dict(
@@ -258,7 +229,7 @@ def export(run_dir, out_dir=None, step=None, formats=FORMATS, batch=1, log=print
         raise UserError('--batch=%d: the frozen graph needs a static batch of at least 1' % batch)
     formats = [name for name in FORMATS if name in formats]
     hp = run_hparams(run_dir)
-    checkpoint = find_checkpoint(run_dir, step)
+    checkpoint = run_folder.find_checkpoint(run_dir, step)
     out_dir = out_dir or os.path.join(run_dir, 'export')
     info = export_info(hp, run_dir, checkpoint, batch, formats)
     with atomic_folder(out_dir) as tmp:

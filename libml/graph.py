@@ -5,6 +5,7 @@ import contextlib
 
 import tensorflow.compat.v1 as tf
 
+import methods  # the method interface's defaults (read when a step is built)
 from libml import evaluation, layers, models
 
 
@@ -31,19 +32,24 @@ def build_graph(hp, shape, nclass, device=None, method=None, pipelines=None, eva
         ops['step'] = step
         ops['stop_request'] = stop_request
         if pipelines is not None:
-            optimizer = device.wrap_optimizer(tf.train.AdamOptimizer(hp['lr']))
+            optimizer = device.wrap_optimizer(methods.optimizer(method, hp, step))
+            decoupled_decay = methods.decoupled_weight_decay(method)
             images_per_step = device.global_batch(hp['batch'])
 
             def replica_step(inputs):
                 labeled_batch, unlabeled_batch = inputs
                 student = models.with_teacher(classify, evaluation.ema_getter(ema))
                 first = len(tf.get_collection(layers.BN_UPDATES))
-                losses = method.losses(labeled_batch, unlabeled_batch, student, hp, step, nclass)
+                losses = methods.losses(method, labeled_batch, unlabeled_batch, student, hp, step,
+                                        nclass, device.sum_over_replicas)
                 statistics = tf.get_collection(layers.BN_UPDATES)[first:]  # this replica's
+                state_update = losses.pop('state_update', None)
                 losses[STOP_VOTE] = stop_request.read_value()
                 train_op, losses = training_update(
                     device.replica_loss(losses['loss']), hp, step, optimizer, ema, images_per_step,
-                    statistics, device, scalars=losses)
+                    statistics, device, scalars=losses, decoupled_decay=decoupled_decay)
+                if state_update is not None:
+                    train_op = tf.group(train_op, state_update)
                 with tf.control_dependencies([train_op]):
                     return dict((name, tf.identity(value)) for name, value in losses.items())
 
@@ -73,9 +79,10 @@ def saved_variables():
 
 
 def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=(), device=None,
-                    scalars=None):
-    """Step 5: Adam and batch-norm statistics, then weight decay, then EMA, then the image counter;
-    returns (that op, `scalars` as the workers share them).
+                    scalars=None, decoupled_decay=True):
+    """Step 5: the optimizer (Adam) and batch-norm statistics, then weight decay (unless the loss
+    holds it: `decoupled_decay` False), then EMA, then the image counter; returns (that op,
+    `scalars` as the workers share them).
 
     `statistics`: the BN_UPDATES entries of this replica's forward passes. Workers average the
     gradients, the batch moments and the logged `scalars` ({name: scalar}), all in one collective;
@@ -95,14 +102,15 @@ def training_update(loss, hp, step, optimizer, ema, images_per_step, statistics=
     moments_end = len(grads_and_vars) + len(statistics)
     grads, moments = shared[:len(grads_and_vars)], shared[len(grads_and_vars):moments_end]
     shared_scalars = dict(zip(names, shared[moments_end:]))
-    adam_step = optimizer.apply_gradients(list(zip(grads, [v for _, v in grads_and_vars])))
+    optimizer_step = optimizer.apply_gradients(list(zip(grads, [v for _, v in grads_and_vars])))
     statistics_update = [layers.moving_average_update(moving, moment, momentum)
                          for (moving, _, momentum), moment in zip(statistics, moments)]
-    with tf.control_dependencies([adam_step] + statistics_update):
+    with tf.control_dependencies([optimizer_step] + statistics_update):
         decay = 1 - hp['wd'] * hp['lr']
         # Kernels (conv and dense weights: rank > 1), not biases or batch-norm scales; by shape,
         # since inside a replica a variable's op name is its copy's (kernel/replica_1).
-        decayed = tf.group(*[tf.assign(v, v * decay) for v in trainable if len(v.shape) > 1])
+        decayed = tf.group(*[tf.assign(v, v * decay) for v in trainable
+                             if len(v.shape) > 1 and decoupled_decay])
     ema.apply(trainable)  # Creates the shadow variables outside the control dependencies below.
     with tf.control_dependencies([decayed]):
         ema_update = ema.apply(trainable)

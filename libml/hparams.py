@@ -6,7 +6,7 @@ Every method shares COMMON_FLAGS; a method module adds its own (see methods/__in
 
 import collections
 
-from libml import augment, data, models, names, train
+from libml import augment, data, models, names, run_folder
 from libml.utils import UserError
 
 
@@ -47,9 +47,10 @@ COMMON_FLAGS = [
          'standard deviation (the reference\'s --whiten; not applied by its convnet).'),
     Flag('integer', 'batch', 64, 'Labeled (and unlabeled) batch size.', lambda v: v >= 3,
          '>= 3: interleaving needs at least one example from each of the 3 groups per batch'),
-    Flag('float', 'lr', 0.002, 'Adam learning rate.', _positive, '> 0'),
-    Flag('float', 'wd', 0.02, 'Decoupled weight decay (kernel *= 1 - wd * lr per step).',
-         _non_negative, '>= 0'),
+    Flag('float', 'lr', 0.002, 'Learning rate: of Adam; fixmatch: of SGD with Nesterov momentum '
+         '(default 0.03, cosine decay).', _positive, '> 0'),
+    Flag('float', 'wd', 0.02, 'Weight decay: decoupled (kernel *= 1 - wd * lr per step); fixmatch: '
+         'wd * the kernels\' L2 loss (default 0.0005).', _non_negative, '>= 0'),
     Flag('float', 'ema', 0.999, 'Decay of the exponential moving average of the weights.',
          _unit_interval, 'in [0, 1)'),
     Flag('enum', 'augment', 'auto', 'Input augmentation (auto: svhn-style for digit sets, else '
@@ -85,7 +86,7 @@ COMMON_FLAGS = [
 NOT_IN_RUN_NAME = ('dataset', 'train_kimg', 'report_kimg', 'save_kimg', 'keep_ckpt', 'epochs',
                    'tune_kimg', 'eval_batch', 'nclass', 'img_size', 'device', 'total_nimg',
                    'height', 'width', 'colors', 'class_names', 'whiten_stats', 'replicas',
-                   'lr_scaling', 'iterations_per_loop', 'names_revision')
+                   'lr_scaling', 'iterations_per_loop', 'names_revision', 'unlabeled_size')
 
 # args.json's `names_revision`: 2 since --method=mixup is the reference's semi-supervised MixUp;
 # a run saved before it (none) under a name in RENAMED was trained by the method of the new name.
@@ -137,7 +138,8 @@ def hyper_parameters(values, dataset):
     hp['total_nimg'] = min(hp['train_kimg'] << 10, hp['epochs'] * report_nimg)
     hp['names_revision'] = NAMES_REVISION
     hp.update(dataset=dataset.dataset_id, height=dataset.height, width=dataset.width,
-              colors=dataset.colors, nclass=dataset.nclass, class_names=dataset.class_names)
+              colors=dataset.colors, nclass=dataset.nclass, class_names=dataset.class_names,
+              unlabeled_size=data.unlabeled_size(dataset))  # FlexMatch's per-image state
     if hp.get('whiten'):  # measured once and kept in args.json: evaluation and export reuse them
         hp['whiten_stats'] = data.channel_mean_std(dataset)
     return hp
@@ -176,7 +178,7 @@ def experiment_name(hp):
 
 def check_run_folder(run_dir, hp):
     """UserError when RUN/args/args.json holds a model with other hyperparameters than `hp`."""
-    saved = train.read_args(run_dir)
+    saved = run_folder.read_args(run_dir)
     if saved is None:
         return
     check_not_renamed(run_dir, saved)

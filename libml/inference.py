@@ -6,18 +6,17 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from libml import data, evaluation, folders, graph, hparams, records
-from libml.train import args_path, checkpoint_path, read_args
+from libml import data, evaluation, folders, graph, hparams, records, run_folder
 from libml.utils import UserError, atomic_output
 
 
 def run_args(checkpoint):
     """The args.json of the run a checkpoint belongs to (RUN/tf/model.ckpt-N -> RUN/args/args.json)."""
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    hp = read_args(run_dir)
+    run_dir = run_folder.run_of_checkpoint(checkpoint)
+    hp = run_folder.read_args(run_dir)
     if hp is None:
         raise UserError('%s has no %s, so the network cannot be rebuilt; keep checkpoints inside '
-                        'their run folder (RUN/tf/)' % (checkpoint, args_path(run_dir)))
+                        'their run folder (RUN/tf/)' % (checkpoint, run_folder.args_path(run_dir)))
     hparams.check_not_renamed(run_dir, hp)
     return run_dir, hp
 
@@ -56,7 +55,7 @@ def load_images(files, shape):
 
 def run_inference(inference_dir, checkpoint, device):
     """Write {name}_pred.npy (probabilities) and {name}_pred.csv into RUN/inference/."""
-    checkpoint = checkpoint_path(checkpoint)
+    checkpoint = run_folder.checkpoint_path(checkpoint)
     run_dir, hp = run_args(checkpoint)
     shape = [hp['height'], hp['width'], hp['colors']]
     files, labels = collect_images(inference_dir, hp['class_names'])

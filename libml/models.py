@@ -77,7 +77,7 @@ def convnet(x, nclass, bn, scales, filters, repeat):
 
     def conv(y, channels, activate=True):
         y = layers.conv2d(y, channels, 3, name('conv2d'), initializer=tf.glorot_uniform_initializer())
-        return tf.nn.leaky_relu(y, alpha=0.2) if activate else y
+        return layers.leaky_relu(y, alpha=0.2) if activate else y
 
     y = conv(x, filters)
     for scale in range(scales):

@@ -22,7 +22,7 @@ import time
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
-from libml import collectives, rank_table
+from libml import collectives, layers, rank_table
 from libml.names import DEVICES, PRECISIONS
 from libml.utils import UserError
 
@@ -354,8 +354,14 @@ class Device(object):
     def scope(self):
         """Where the model, optimizer and step are built: the in-process strategy's scope (one
         copy of each variable per replica). Workers hold plain variables, as HCCL ranks do: all
-        they share crosses in `mean_over_workers`, so decay, EMA and the optimizer stay local."""
-        return self.strategy.scope() if self.cluster.engine == 'mirrored' else contextlib.nullcontext()
+        they share crosses in `mean_over_workers`, so decay, EMA and the optimizer stay local.
+        CPU bfloat16 also takes the activation gradient with fast bfloat16 kernels (docs/speed.md)."""
+        scopes = contextlib.ExitStack()
+        if self.cluster.engine == 'mirrored':
+            scopes.enter_context(self.strategy.scope())
+        if self.name == 'cpu' and self.mixed:
+            scopes.enter_context(layers.bfloat16_gradients())
+        return scopes
 
     def global_batch(self, batch):
         """Images one step trains on over every replica (`batch` per replica)."""
@@ -405,6 +411,24 @@ class Device(object):
         if self.cluster.engine != 'multiworker':
             return list(tensors)
         return collectives.mean_over_workers(self.strategy, tensors, self.cluster.workers)
+
+    def sum_over_replicas(self, tensors):
+        """From inside a replica's step: the tensors (static shapes) summed over every replica of
+        every process in one float32 collective, so that a method's state is the same on all;
+        without gradient."""
+        tensors = list(tensors)
+        vector = collectives.pack(tensors)
+        if self.cluster.engine == 'mirrored':  # merge_call: all_reduce's gradient wrapper cannot
+            # trace reads of mirrored variables (and the statistics need no gradient)
+            vector = tf.distribute.get_replica_context().merge_call(_batch_sum, args=(vector,))
+        elif self.cluster.engine == 'multiworker':
+            vector = collectives.strategy_sum(self.strategy, vector)
+        elif self.cluster.engine == 'hccl':
+            vector = importlib.import_module('npu_bridge.hccl.hccl_ops').allreduce(vector, 'sum')
+        else:
+            return tensors
+        # No gradient flows back through a collective (nor should it: these are statistics).
+        return [tf.stop_gradient(t) for t in collectives.unpack(vector, tensors)]
 
     def sink_loop(self, session, train_op):
         """The op that runs `train_op` iterations_per_loop times per session.run on the NPU."""
@@ -492,6 +516,12 @@ class Device(object):
             text += '; %s, %d replicas, rank %d of %d' % (
                 self.cluster.engine, self.cluster.replicas, self.cluster.rank, self.cluster.workers)
         return text
+
+
+def _batch_sum(strategy, per_replica):
+    """merge_call's function: a per-replica tensor summed over the replicas, on each of them."""
+    return strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM,
+                                             [(per_replica, per_replica)])[0]
 
 
 def _tf_config_cluster():

@@ -2,24 +2,22 @@
 
 import contextlib
 import glob
-import json
 import os
-import re
-import shutil
 import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from libml import data, evaluation, events, graph, runlock
+import methods
+from libml import data, evaluation, events, graph, graph_audit, run_folder, runlock
 from libml.stops import StopSignals, default_resume_command, signal_name
-from libml.utils import Stopped, UserError, error_text, write_problem, write_text_atomic
+from libml.utils import Stopped, UserError, error_text, write_problem
 
 SUMMARY_EVERY_NIMG = 1024  # loss summaries about every kimg, and at least 16 per epoch
 
 
-def input_pipelines(dataset, hp, device, needs_unlabeled):
+def input_pipelines(dataset, hp, device, method):
     """(labeled_batch, unlabeled_batch or None) for each replica of this process, from its shard.
     Where the NPU sinks the loop, one initializable iterator feeds both (the adapter's rule)."""
     data.check_shards(dataset, device.cluster.replicas)
@@ -27,10 +25,12 @@ def input_pipelines(dataset, hp, device, needs_unlabeled):
     pipelines = []
     for shard in device.input_shards():
         labeled = data.labeled_pipeline(dataset, hp['batch'], hp['augment'], shard=shard)
-        if not needs_unlabeled:
+        if not method.NEEDS_UNLABELED:
             pipelines.append((data.batches(labeled, sink), None))
             continue
-        unlabeled = data.unlabeled_pipeline(dataset, hp['batch'], hp['augment'], shard=shard)
+        unlabeled = data.unlabeled_pipeline(dataset, methods.unlabeled_batch(method, hp),
+                                            hp['augment'], shard=shard,
+                                            views=methods.unlabeled_views(method))
         if sink:
             pipelines.append(data.batches(tf.data.Dataset.zip((labeled, unlabeled)), True))
         else:
@@ -44,7 +44,7 @@ def training_graph(dataset, hp, device, method, seed=0):
     is offset by the rank, so each worker draws its own augmentations and MixUp partners."""
     if seed:
         tf.set_random_seed(seed + device.cluster.rank)
-    pipelines = input_pipelines(dataset, hp, device, method.NEEDS_UNLABELED)
+    pipelines = input_pipelines(dataset, hp, device, method)
     ops = graph.build_graph(hp, dataset.shape, dataset.nclass, device, method, pipelines=pipelines)
     ops['barrier'] = device.barrier_op()
     ops['broadcast'] = device.broadcast_op()  # run after init or restore: rank 0's values win
@@ -85,20 +85,22 @@ class Trainer(object):
         with self.graph.as_default():
             check_loop_sinking(hp, device)
             self.ops = training_graph(dataset, hp, device, method, seed)
+            graph_audit.check_npu_step(device.name, self.graph, self.ops['train_op'])  # NPU: op list
             self.start_inputs = tf.group(*tf.get_collection(data.ITERATOR_INITIALIZERS))
             # Relative paths in tf/checkpoint: a run folder copied elsewhere (OBS, a new /cache) resumes.
             self.saver = tf.train.Saver(graph.saved_variables(), max_to_keep=hp['keep_ckpt'],
                                         save_relative_paths=True)
             self.init_op = tf.global_variables_initializer()
             # Built before finalize(): savers add ops to the graph.
-            self.fine_tune = {reset: CheckedRestore(_fine_tune_variables(reset)) for reset in (False, True)}
-            self.model_restore = CheckedRestore(_model_variables())
+            self.fine_tune = {reset: run_folder.CheckedRestore(run_folder.fine_tune_variables(reset))
+                              for reset in (False, True)}
+            self.model_restore = run_folder.CheckedRestore(run_folder.model_variables())
         if device.iterations_per_loop == 1:  # else finalized once the loop is set (_train)
             self.graph.finalize()
 
     @property
     def checkpoint_dir(self):
-        return os.path.join(self.run_dir, 'tf')
+        return run_folder.checkpoint_dir(self.run_dir)
 
     def _session(self):
         return self.device.session(self.graph)
@@ -108,9 +110,6 @@ class Trainer(object):
         tune_images = data.load_tune_images(self.dataset, self.hp['tune_kimg'] << 10)
         return evaluation.Evaluator(session, self.ops, eval_sets, tune_images, self.dataset.class_names)
 
-    def _save_args(self):
-        write_text_atomic(args_path(self.run_dir), json.dumps(self.hp, indent=2, sort_keys=True) + '\n')
-
     def _start(self, session, load_checkpoint, reset_optimizer=False):
         """Resume from the newest checkpoint that restores, else initialise (optionally from
         another run).
@@ -118,15 +117,15 @@ class Trainer(object):
         Every rank does the same; then the ranks check that they hold the same step and take rank
         0's variables (workers initialise their own, each with its own seed)."""
         if self.device.chief:
-            _remove_partial_saves(self.checkpoint_dir)
+            run_folder.remove_partial_saves(self.checkpoint_dir)
         session.run(self.init_op)
-        resumed = self._saved_path = self._restore_newest(session)
+        resumed = self._saved_path = run_folder.restore_newest(session, self.saver, self.checkpoint_dir)
         if resumed:
             print('Resumed from %s' % resumed)
         elif load_checkpoint:
-            path = checkpoint_path(load_checkpoint)
+            path = run_folder.checkpoint_path(load_checkpoint)
             self.fine_tune[reset_optimizer].restore(session, path)
-            what = 'weights' if reset_optimizer else 'weights and Adam state'
+            what = 'weights' if reset_optimizer else 'weights and optimizer state'
             print('Fine-tuning: %s (all but the classifier head) from %s' % (what, path))
         self._check_workers_agree(session)  # before the broadcast, which would hide a mismatch
         if self.ops['broadcast'] is not None:
@@ -146,22 +145,6 @@ class Trainer(object):
                             '0\'s tf/ folder) and rerun' % (
                                 self.device.cluster.workers, self.device.cluster.rank, step,
                                 mean[0] * 4096 + mean[1]))
-
-    def _restore_newest(self, session):
-        """Restore the newest checkpoint that loads and return its path ('' when there is none);
-        one line per damaged one skipped, UserError when none loads. Nothing is deleted."""
-        candidates = checkpoints_newest_first(self.checkpoint_dir)
-        for path in candidates:
-            try:
-                self.saver.restore(session, path)
-                return path
-            except (tf.errors.OpError, ValueError) as e:
-                print('Skipped checkpoint %s: it does not restore (%s)' % (path, error_text(e)))
-        if candidates:
-            raise UserError('none of the %d checkpoints in %s restores (each is named above); '
-                            'nothing was deleted: move the folder away to start afresh, or copy '
-                            'good checkpoints back' % (len(candidates), self.checkpoint_dir))
-        return ''
 
     def train(self, load_checkpoint='', reset_optimizer=False):
         """Train to the end; rank 0 holds the run folder's lock. On SIGTERM / SIGINT: finish the
@@ -198,7 +181,8 @@ class Trainer(object):
                 self.ops['train_op'] = self.device.sink_loop(session, self.ops['train_op'])
                 self.graph.finalize()
             if self.device.chief:  # rank 0 alone writes and evaluates
-                self._save_args()  # after a good start: a refused --load_checkpoint writes nothing
+                # After a good start: a refused --load_checkpoint writes nothing.
+                run_folder.write_args(self.run_dir, self.hp)
                 writer = events.ScalarWriter(self.checkpoint_dir)
                 try:
                     self._loop(session, self._evaluator(session), writer, signals)
@@ -219,7 +203,7 @@ class Trainer(object):
         report_nimg = hp['report_kimg'] << 10
         if step >= total_nimg:
             print('Training already complete at %d images (%d kimg).' % (step, step >> 10))
-            if chief and not os.path.exists(os.path.join(self.run_dir, 'result.txt')):
+            if chief and not os.path.exists(run_folder.result_path(self.run_dir)):
                 self._report(session, evaluator, writer, step)
             return
         fetch = dict(train_op=self.ops['train_op'], step=self.ops['step_after_update'],
@@ -277,7 +261,7 @@ class Trainer(object):
 
     def _stop_diverged(self, step):
         """The loss went non-finite on the weights of `step`: drop checkpoints from there on, stop."""
-        kept = _drop_checkpoints_from(self.checkpoint_dir, step) if self.device.chief else ''
+        kept = run_folder.drop_checkpoints_from(self.checkpoint_dir, step) if self.device.chief else ''
         raise UserError('training diverged: the loss is not finite at %d images (kimg %d); %s; '
                         'lower --lr or check the data' % (
                             step, step >> 10, 'newest good checkpoint %s' % kept if kept
@@ -288,18 +272,18 @@ class Trainer(object):
         folder) removes its own partial files and stops in one line; older checkpoints stay."""
         if step == self._saved_step:
             return
-        prefix = os.path.join(self.checkpoint_dir, 'model.ckpt')
+        prefix = os.path.join(self.checkpoint_dir, run_folder.CHECKPOINT_PREFIX)
         existed = os.path.exists('%s-%d.index' % (prefix, step))
         try:
             # No .meta file: the graph is always rebuilt from args/args.json.
             self._saved_path = self.saver.save(session, prefix, global_step=step,
                                                write_meta_graph=False)
         except (tf.errors.OpError, OSError) as e:
-            _remove_partial_saves(self.checkpoint_dir)
+            run_folder.remove_partial_saves(self.checkpoint_dir)
             if not existed:
                 for path in glob.glob('%s-%d.*' % (prefix, step)):
                     os.remove(path)
-            previous = checkpoints_newest_first(self.checkpoint_dir)
+            previous = run_folder.checkpoints_newest_first(self.checkpoint_dir)
             raise UserError('could not save the checkpoint of %d images in %s (%s); %s; free space '
                             'there (or fix its permissions) and rerun the same command to resume'
                             % (step, self.checkpoint_dir, write_problem(e) or error_text(e),
@@ -327,7 +311,7 @@ class Trainer(object):
 
     def evaluate_checkpoint(self, checkpoint):
         """Evaluate one checkpoint (no training): print the table, write result.txt and stats.json."""
-        path = checkpoint_path(checkpoint)
+        path = run_folder.checkpoint_path(checkpoint)
         with self._session() as session:
             session.run(self.init_op)
             self.model_restore.restore(session, path)
@@ -337,127 +321,6 @@ class Trainer(object):
         print('Checkpoint %s at %d images (%d kimg)' % (path, step, step >> 10))
         print(evaluation.format_table(report['table']))
         return report
-
-
-def args_path(run_dir):
-    """Where a run folder keeps every parameter of its run."""
-    return os.path.join(run_dir, 'args', 'args.json')
-
-
-def read_args(run_dir):
-    """The run's args.json as a dict, or None when the folder has none; UserError if unreadable."""
-    path = args_path(run_dir)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise UserError('%s is not valid JSON (%s)' % (path, e))
-
-
-def checkpoints_newest_first(folder):
-    """The checkpoint prefixes FOLDER/model.ckpt-N that have an index file, highest N first (the
-    files themselves, not tf/checkpoint's list, which a damaged or lost state file would hide)."""
-    found = []
-    for index in glob.glob(os.path.join(folder, 'model.ckpt-*.index')):
-        match = re.match(r'^model\.ckpt-(\d+)\.index$', os.path.basename(index))
-        if match:
-            found.append((int(match.group(1)), index[:-len('.index')]))
-    return [path for _, path in sorted(found, reverse=True)]
-
-
-def _remove_partial_saves(folder):
-    """Delete what a save killed midway leaves (TensorFlow's *_temp* folders, *.tmp* files)."""
-    for path in glob.glob(os.path.join(folder, '*_temp*')) + glob.glob(os.path.join(folder, '*.tmp*')):
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.remove(path)
-
-
-def _is_head(name):
-    return '/dense' in name
-
-
-def _model_variables():
-    """What evaluation needs: weights, batch-norm statistics, EMA shadows and the step; no Adam."""
-    return [v for v in tf.global_variables()
-            if (v.op.name.startswith('classify/') and '/Adam' not in v.op.name)
-            or v.op.name == 'global_step']
-
-
-def _fine_tune_variables(reset_optimizer):
-    """What --load_checkpoint restores, as the reference does: everything but the classifier head
-    (weights, statistics, EMA shadows, Adam's slots and power accumulators); not the step."""
-    keep = []
-    for v in tf.global_variables():
-        name = v.op.name
-        if name.startswith('classify/') and not _is_head(name):
-            if '/Adam' not in name or not reset_optimizer:
-                keep.append(v)
-        elif name.split('/')[-1] in ('beta1_power', 'beta2_power') and not reset_optimizer:
-            # Under loss scaling the powers live in a cond scope (cond/beta1_power, cond_1/...).
-            keep.append(v)
-    return keep
-
-
-class CheckedRestore(object):
-    """Restores a list of variables from a checkpoint after checking that it holds each of them
-    with the same shape; otherwise one UserError naming the first that differs."""
-
-    def __init__(self, variables):
-        self.variables = variables
-        self.saver = tf.train.Saver(var_list=variables)
-
-    def restore(self, session, path):
-        saved = dict(tf.train.list_variables(path))
-        for variable in self.variables:
-            name, shape = variable.op.name, variable.shape.as_list()
-            if name not in saved:
-                hint = ('; --reset_optimizer starts Adam afresh' if '/Adam' in name
-                        or name.endswith('_power') else '')
-                raise UserError('%s does not hold %s: it was trained with another network or '
-                                'method (compare its args.json: --arch, --filters, --repeat, '
-                                '--scales)%s' % (path, name, hint))
-            if list(saved[name]) != shape:
-                raise UserError('%s holds %s with shape %s, but this network has %s: it was '
-                                'trained with another network (compare its args.json: --arch, '
-                                '--filters, --repeat, --scales, nclass)'
-                                % (path, name, saved[name], shape))
-        self.saver.restore(session, path)
-
-
-def _drop_checkpoints_from(folder, step):
-    """Delete checkpoints of `step` and later; point tf/checkpoint at the newest one left."""
-    state = tf.train.get_checkpoint_state(folder)
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    kept = [p for p in paths if int(p.rsplit('-', 1)[1]) < step]
-    for prefix in paths:
-        if prefix not in kept:
-            for path in glob.glob(os.path.join(folder, os.path.basename(prefix)) + '.*'):
-                os.remove(path)
-    if paths:
-        if kept:  # The state file's text format, with relative paths as our saver writes them.
-            names = [os.path.basename(p) for p in kept]
-            write_text_atomic(os.path.join(folder, 'checkpoint'), 'model_checkpoint_path: "%s"\n%s' % (
-                names[-1], ''.join('all_model_checkpoint_paths: "%s"\n' % n for n in names)))
-        else:
-            os.remove(os.path.join(folder, 'checkpoint'))
-    return os.path.join(folder, os.path.basename(kept[-1])) if kept else ''
-
-
-def checkpoint_path(path):
-    """A checkpoint prefix, or a folder holding checkpoints (its newest); UserError when missing."""
-    if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest:
-            return latest
-        raise UserError('no checkpoint in folder %s; pass a path like RUN/tf/model.ckpt-65536' % path)
-    if not os.path.isfile(path + '.index'):
-        raise UserError('checkpoint %s does not exist (no %s.index); pass a path like '
-                        'RUN/tf/model.ckpt-65536 or a run\'s tf/ folder' % (path, path))
-    return path
 
 
 class TrainingSpeed(object):

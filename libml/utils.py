@@ -124,19 +124,32 @@ def ilog2(x):
     return int(math.ceil(math.log2(x) - 1e-9))
 
 
-# TensorFlow's C++ start-up and grappler lines (absl format `I0000 00:00:... file.cc:12] ...`) that
-# TF_CPP_MIN_LOG_LEVEL does not silence in recent releases; errors (E, F) still pass, but for
-# grappler's "remapper failed" (TF 2.x with oneDNN on some CPUs): an optional rewrite it skips,
-# after which the graph runs unchanged, so not an error of the run.
-NATIVE_LOG_LINE = re.compile(r'^([IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|'
-                             r'E\d{4} [\d:.]+\s+\d+ meta_optimizer\.cc:\d+\] remapper failed|'
-                             r'WARNING: All log messages before absl::InitializeLog\(\))')
+# TensorFlow's C++ log lines (TF 2.x's absl format `I0000 00:00:1732871234.180774  6401 file.cc:12]`,
+# TF 1.15's `2026-11-30 12:34:56.789012: W tensorflow/file.cc:12]`) that TF_CPP_MIN_LOG_LEVEL does not
+# silence in recent releases: start-up notes, grappler's "remapper failed" (an optional rewrite it
+# skips, the graph then runs unchanged), CUDA plugin registrations. A run's real errors reach Python
+# as exceptions, printed as one line; fatal (F) lines, said just before an abort, still pass.
+_NATIVE_HEADER = (br'(?:[IWE]\d{4} [\d:.]+\s+\d+ [^\s\]]+:\d+\]'
+                  br'|\d{4}-\d\d-\d\d [\d:.]+: [IWE] [^\s\]]+:\d+\]'
+                  br'|WARNING: All log messages before absl::InitializeLog\(\))')
+NATIVE_LOG_LINE = re.compile(_NATIVE_HEADER + br'[^\n]*\n')  # anywhere: after a bar's partial line too
+_NATIVE_LOG_TAIL = re.compile(_NATIVE_HEADER + br'[^\n]*\Z')  # a line whose end has not come
+
+
+def drop_native_lines(text, final=False):
+    """(what to show, what to hold): `text` without its complete native log lines, cut after its
+    last line end; `final`: nothing held, and a native line still without its end dropped too."""
+    kept = NATIVE_LOG_LINE.sub(b'', text)
+    if final:
+        return _NATIVE_LOG_TAIL.sub(b'', kept), b''
+    cut = max(kept.rfind(b'\n'), kept.rfind(b'\r')) + 1
+    return kept[:cut], kept[cut:]
 
 
 def quiet_native_logs():
-    """Drop TensorFlow's C++ info and warning lines from this process's stderr (fd 2).
+    """Drop TensorFlow's C++ log lines from this process's stderr (fd 2), wherever they land.
 
-    stderr is routed through a pipe whose reader thread forwards every other line unchanged;
+    stderr is routed through a pipe whose reader thread forwards everything else unchanged;
     REALMIX_NATIVE_LOGS=1 keeps everything. Call it once, in an entry point.
     """
     if os.environ.get('REALMIX_NATIVE_LOGS') == '1':
@@ -148,16 +161,14 @@ def quiet_native_logs():
     os.close(write_end)
 
     def forward():
-        # Pieces end at \n or \r, so progress bars (which redraw with \r) pass through at once.
-        pending = b''
+        # Text waits for its line end (\n, or the \r of a progress bar's next redraw), so a
+        # native line, after a bar's partial line too, is matched whole wherever the pipe cut it.
+        held = b''
         while True:
             chunk = os.read(read_end, 1 << 16)
-            pending += chunk
-            pieces = re.split(br'(?<=[\r\n])', pending)
-            pending = pieces.pop() if chunk else b''
-            for piece in pieces + ([pending] if not chunk and pending else []):
-                if piece and not NATIVE_LOG_LINE.match(piece.decode('utf-8', 'replace')):
-                    os.write(original, piece)
+            shown, held = drop_native_lines(held + chunk, final=not chunk)
+            if shown:
+                os.write(original, shown)
             if not chunk:
                 os.close(read_end)
                 return

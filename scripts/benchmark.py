@@ -61,7 +61,9 @@ class Setting(object):
             labeled = data.batches(data.labeled_pipeline(dataset, hp['batch'], hp['augment']))
             unlabeled = None
             if method.NEEDS_UNLABELED:
-                unlabeled = data.batches(data.unlabeled_pipeline(dataset, hp['batch'], hp['augment']))
+                unlabeled = data.batches(data.unlabeled_pipeline(
+                    dataset, methods.unlabeled_batch(method, hp), hp['augment'],
+                    views=methods.unlabeled_views(method)))
             if mode == 'constant':
                 labeled, unlabeled = constant_inputs(labeled, unlabeled)
             self.train_op = build_graph(hp, dataset.shape, dataset.nclass, device, method,

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
 """Run a study: several realmix.py arms on one dataset and budget, then a table and curves.
 
-    python scripts/experiment.py --study=cifar10_4000 --prepare
+    python scripts/experiment.py --study=cifar10_4000 --prepare    # the data only, then it stops
+    python scripts/experiment.py --study=cifar10_4000              # the study's arms
     python scripts/experiment.py --study_dir=/tmp/s --dataset=digits.1@100-0 \\
         --arms=supervised,mixmatch,realmix --train_kimg=16 -- --arch=smallconv
 
 Every arm runs as `realmix.py --train_dir=STUDY_DIR/arms/ARM`; flags after `--` go to every arm.
+With several split seeds (--seeds=1,2,3) each arm runs once per split (STUDY_DIR/arms/ARM/seedS)
+and the table gives the median and range over the splits.
 Writes STUDY_DIR/results.md, curves.png and commands.txt; a rerun skips the finished arms.
+--prepare builds the study's dataset and split (what is missing) and stops, training nothing.
 """
 
 import codecs
@@ -18,6 +22,8 @@ import shlex
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(SCRIPTS)
@@ -31,7 +37,7 @@ import create_datasets  # noqa: E402  (sibling scripts, for --prepare and the cu
 import create_split  # noqa: E402
 import filter_dataset  # noqa: E402
 import plot_curves  # noqa: E402
-from libml import data, names, records  # noqa: E402
+from libml import data, names, records, run_folder  # noqa: E402
 from libml.utils import UserError, cli_main, ml_data_dir, write_text_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -81,6 +87,10 @@ METHOD_ARMS = collections.OrderedDict([
     ('mixmatch', ['--method=mixmatch', '--beta=0.75', '--w_match=75']),
     ('realmix', ['--method=realmix', '--tsa=linear_schedule', '--percent_mask=0.3']),
 ])
+# The FixMatch family at google-research/fixmatch's defaults (lr 0.03, wd 5e-4, uratio 7,
+# confidence 0.95) and USB's for FlexMatch and FreeMatch.
+FIXMATCH_ARMS = collections.OrderedDict(
+    (name, ['--method=' + name]) for name in ('fixmatch', 'flexmatch', 'freematch'))
 
 STUDIES = {
     'cifar10_4000': dict(
@@ -108,6 +118,26 @@ STUDIES = {
         dataset='digits.1@50-0', arms=list(METHOD_ARMS), arm_flags=METHOD_ARMS,
         train_kimg=128, report_kimg=16, warmup_kimg=32,
         flags=['--filters=16', '--repeat=1', '--tune_kimg=0', '--seed=1'] + SHORT_SCHEDULE_FLAGS),
+    # Every method, the FixMatch family too, on three splits (seeds 1-3): the median and range.
+    'digits_methods_3splits': dict(
+        dataset='digits.1@50-0', seeds=[1, 2, 3],
+        arms=list(METHOD_ARMS) + list(FIXMATCH_ARMS),
+        arm_flags=collections.OrderedDict(list(METHOD_ARMS.items()) + list(FIXMATCH_ARMS.items())),
+        train_kimg=128, report_kimg=16, warmup_kimg=32,
+        flags=['--filters=16', '--repeat=1', '--tune_kimg=0', '--seed=1'] + SHORT_SCHEDULE_FLAGS,
+        prepare=dict(source='digits', split_size=50, class_balance=True)),
+    # The FixMatch family beside RealMix, MixMatch and the baseline at the seed's setting, on the
+    # small network of cifar10_250.
+    'cifar10_250_fixmatch': dict(
+        dataset='cifar10.1@250-500', seeds=[1, 2, 3],
+        arms=['supervised', 'mixmatch', 'realmix_tsa'] + list(FIXMATCH_ARMS),
+        arm_flags=collections.OrderedDict(
+            [('realmix_tsa', ['--method=realmix', '--tsa=linear_schedule', '--percent_mask=-1'])]
+            + list(FIXMATCH_ARMS.items())),
+        train_kimg=128, report_kimg=16, warmup_kimg=128,
+        flags=['--precision=mixed', '--tune_kimg=0', '--filters=16', '--repeat=2']
+        + SHORT_SCHEDULE_FLAGS,
+        prepare=dict(source='cifar10', split_size=250)),
     'cifar6_mismatch0': cifar6_mismatch('cifar6_mm0', '4,5,6,7'),
     'cifar6_mismatch100': cifar6_mismatch('cifar6_mm100', '0,1,8,9'),
 }
@@ -129,22 +159,26 @@ def define_flags():
     flags.DEFINE_integer('train_kimg', None, 'Budget per arm in kimg (1024 labeled images).')
     flags.DEFINE_integer('report_kimg', None, 'Evaluation period in kimg (default budget / 8).')
     flags.DEFINE_float('warmup_kimg', None, 'w_match warm-up in kimg (default budget / 4).')
-    flags.DEFINE_bool('prepare', False, 'Build the study\'s dataset and split first when missing.')
+    flags.DEFINE_list('seeds', None, 'Split seeds: each arm runs on the split of each (the dataset '
+                      'id\'s SEED replaced); default the study\'s seeds, else the id\'s one.')
+    flags.DEFINE_bool('prepare', False, 'Only build the study\'s dataset and split (what is '
+                      'missing), then stop; the same command without --prepare runs the study.')
     flags.DEFINE_string('images', DEFAULT_IMAGES, '--prepare: archive (.tar.gz) or folder holding '
                         'train/<class>/ and test/<class>/ image folders.')
-    flags.DEFINE_bool('dry_run', False, 'Print the arm commands and stop before training (after '
-                      'the data preparation when --prepare is given).')
+    flags.DEFINE_bool('dry_run', False, 'Print the arm commands and stop before training (with '
+                      '--prepare: after preparing the data).')
 
 
 # ---------------------------------------------------------------------------------------------
 # The plan: what each arm runs.
 
-Arm = collections.namedtuple('Arm', 'name folder command')
+Arm = collections.namedtuple('Arm', 'name seed folder command')
 
 
 class Study(collections.namedtuple('Study', 'name folder dataset arms train_kimg report_kimg '
-                                            'warmup_kimg flags arm_flags prepare')):
-    """A resolved study: every arm's realmix.py command and where its run lands."""
+                                            'warmup_kimg flags arm_flags prepare seeds')):
+    """A resolved study: every arm's realmix.py command (one per split seed) and where its run
+    lands."""
 
     @property
     def planned_images(self):
@@ -154,20 +188,30 @@ class Study(collections.namedtuple('Study', 'name folder dataset arms train_kimg
     def labels(self):
         return names.parse_dataset_id(self.dataset)[2]
 
-    def budget_flags(self):
+    def dataset_of(self, seed):
+        """The study's dataset id on the split of `seed`."""
+        name, _, size, valid = names.parse_dataset_id(self.dataset)
+        return names.dataset_id(name, seed, size, valid)
+
+    def budget_flags(self, seed):
         epochs = -(-self.train_kimg // self.report_kimg)  # never cut the budget short
-        return ['--dataset=' + self.dataset, '--train_kimg=%d' % self.train_kimg,
+        return ['--dataset=' + self.dataset_of(seed), '--train_kimg=%d' % self.train_kimg,
                 '--report_kimg=%d' % self.report_kimg, '--warmup_kimg=%g' % self.warmup_kimg,
                 '--epochs=%d' % epochs]
 
     def arm_plans(self, passthrough=()):
-        """[Arm] in order: budget flags, study flags, arm flags, then pass-through flags."""
+        """[Arm] in order (arm by arm, split by split): budget flags, study flags, arm flags, then
+        pass-through flags. One split: STUDY_DIR/arms/ARM; several: STUDY_DIR/arms/ARM/seedS."""
         plans = []
         for name in self.arms:
-            folder = os.path.join(self.folder, 'arms', name)
-            command = ([sys.executable, REALMIX] + self.budget_flags() + ['--train_dir=' + folder]
-                       + list(self.flags) + list(self.arm_flags[name]) + list(passthrough))
-            plans.append(Arm(name, folder, command))
+            for seed in self.seeds:
+                folder = os.path.join(self.folder, 'arms', name)
+                if len(self.seeds) > 1:
+                    folder = os.path.join(folder, 'seed%d' % seed)
+                command = ([sys.executable, REALMIX] + self.budget_flags(seed)
+                           + ['--train_dir=' + folder] + list(self.flags)
+                           + list(self.arm_flags[name]) + list(passthrough))
+                plans.append(Arm(name, seed, folder, command))
         return plans
 
 
@@ -242,8 +286,21 @@ def _arm_flags(spec, arms, arm_flags):
     return collections.OrderedDict((a, list(known[a])) for a in arms)
 
 
+def _seeds(spec, seeds, dataset):
+    """The split seeds: command line first, then the study's, else the dataset id's."""
+    seeds = seeds or spec.get('seeds') or [names.parse_dataset_id(dataset)[1]]
+    try:
+        seeds = [int(seed) for seed in seeds]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError('--seeds: give distinct split seeds >= 0, e.g. --seeds=1,2,3')
+    return seeds
+
+
 def resolve_study(name=None, studies=None, study_dir=None, dataset=None, arms=None,
-                  arm_flags=None, train_kimg=None, report_kimg=None, warmup_kimg=None):
+                  arm_flags=None, train_kimg=None, report_kimg=None, warmup_kimg=None,
+                  seeds=None):
     """A Study from a named definition and/or ad-hoc settings; UserError on anything missing."""
     spec = {}
     if name:
@@ -267,7 +324,8 @@ def resolve_study(name=None, studies=None, study_dir=None, dataset=None, arms=No
     folder = os.path.abspath(study_dir or os.path.join('experiments', 'studies', name))
     return Study(name, folder, dataset, list(chosen),
                  *_budget(spec, train_kimg, report_kimg, warmup_kimg),
-                 flags=common, arm_flags=chosen, prepare=spec.get('prepare'))
+                 flags=common, arm_flags=chosen, prepare=spec.get('prepare'),
+                 seeds=_seeds(spec, seeds, dataset))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,13 +397,19 @@ def prepare_data(dataset_id, recipe, images, log):
         return
     source_files = [names.dataset_path(recipe['source'], part) for part in ('train', 'test')]
     if not all(os.path.isfile(p) for p in source_files):
-        build_from_images(recipe['source'], images, log)
+        if recipe['source'] == 'digits':  # scikit-learn's, bundled: no images to read
+            announce(log, 'building digits', 'create_datasets.py', ['digits'])
+            create_datasets.build_digits()
+        else:
+            build_from_images(recipe['source'], images, log)
     if not split_exists(source_split):
         target = os.path.join(ml_data_dir(), 'SSL', recipe['source'])
+        balance = recipe.get('class_balance', False)
         announce(log, 'drawing split ' + source_split, 'create_split.py',
-                 ['--seed=%d' % seed, '--label_split_size=%d' % recipe['split_size'], target,
-                  source_files[0]])
-        create_split.create_split(target, [source_files[0]], seed, recipe['split_size'])
+                 ['--seed=%d' % seed, '--label_split_size=%d' % recipe['split_size']]
+                 + ['--class_balance'] * balance + [target, source_files[0]])
+        create_split.create_split(target, [source_files[0]], seed, recipe['split_size'],
+                                  class_balance=balance)
     if filtered:
         unlabel_filter = recipe.get('unlabel_filter', recipe['class_filter'])
         announce(log, 'filtering ' + target_split, 'filter_dataset.py',
@@ -367,14 +431,15 @@ def check_label_count(split, size):
 
 
 def check_dataset(study):
-    """UserError (with the command that creates it) when the study's data is missing."""
-    try:
-        data.resolve(study.dataset)
-    except UserError as e:
-        if study.prepare:
-            raise UserError('dataset %s is not ready; rerun with --prepare to build it (%s)'
-                            % (study.dataset, e))
-        raise
+    """UserError (with the command that creates it) when the data of a split is missing."""
+    for seed in study.seeds:
+        try:
+            data.resolve(study.dataset_of(seed))
+        except UserError as e:
+            if study.prepare:
+                raise UserError('dataset %s is not ready; rerun with --prepare to build it (%s)'
+                                % (study.dataset_of(seed), e))
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +458,7 @@ def arm_record_path(arm):
 
 def run_step(run_dir):
     """Images seen at the run's last evaluation (stats.json), or None."""
-    stats = read_json(os.path.join(run_dir, 'stats.json')) if run_dir else None
+    stats = read_json(run_folder.stats_path(run_dir)) if run_dir else None
     return stats and stats.get('step')
 
 
@@ -433,11 +498,11 @@ def run_arms(study, plans):
     done = []
     for arm in plans:
         if is_finished(arm, study.planned_images):
-            print('arm %s: finished earlier (%d images), skipped'
-                  % (arm.name, study.planned_images))
+            print('arm %s (split seed %d): finished earlier (%d images), skipped'
+                  % (arm.name, arm.seed, study.planned_images))
             done.append((arm, read_json(arm_record_path(arm)), 'skipped'))
             continue
-        print('arm %s: %s' % (arm.name, shell_line(arm.command)))
+        print('arm %s (split seed %d): %s' % (arm.name, arm.seed, shell_line(arm.command)))
         sys.stdout.flush()
         done.append((arm, run_arm(arm, study.planned_images), 'ran'))
     return done
@@ -451,40 +516,66 @@ def format_duration(seconds):
     return '%d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
-def result_row(study, arm, record):
-    stats = read_json(os.path.join(record['run_dir'], 'stats.json'))
-    accuracy = stats['table']['ema']['test']
-    speed = ('%.1f' % (record['images_trained'] / record['wall_s'])
-             if record['images_trained'] and record['wall_s'] else '-')
-    return '| %s | %d | %d | %.2f | %s | %s |' % (arm.name, study.labels, study.train_kimg,
-                                                   accuracy, format_duration(record['wall_s']), speed)
+def ema_test_accuracy(record):
+    return read_json(run_folder.stats_path(record['run_dir']))['table']['ema']['test']
+
+
+def result_row(study, name, records):
+    """One arm's row: its accuracy (one split), or the median and range over its splits."""
+    accuracies = [ema_test_accuracy(record) for record in records]
+    wall = sum(record['wall_s'] for record in records)
+    images = sum(record['images_trained'] for record in records)
+    speed = '%.1f' % (images / wall) if images and wall else '-'
+    if len(study.seeds) == 1:
+        accuracy = '%.2f' % accuracies[0]
+    else:
+        accuracy = '%.2f | %.2f–%.2f | %s' % (np.median(accuracies), min(accuracies),
+                                              max(accuracies),
+                                              ', '.join('%.2f' % a for a in accuracies))
+    return '| %s | %d | %d | %s | %s | %s |' % (name, study.labels, study.train_kimg, accuracy,
+                                               format_duration(wall), speed)
 
 
 def results_markdown(study, done):
-    """results.md: what was run, then one table row per arm."""
+    """results.md: what was run, then one table row per arm (over its splits)."""
+    several = len(study.seeds) > 1
+    splits = ' on the splits of seeds %s' % ', '.join(map(str, study.seeds)) if several else ''
     lines = ['# Study %s' % study.name, '',
-             'Dataset `%s`, budget %d kimg (%d labeled images) per arm, evaluated every %d kimg, '
-             'w_match warm-up %g kimg.' % (study.dataset, study.train_kimg, study.planned_images,
-                                           study.report_kimg, study.warmup_kimg)]
+             'Dataset `%s`%s, budget %d kimg (%d labeled images) per arm, evaluated every %d kimg, '
+             'w_match warm-up %g kimg.' % (study.dataset, splits, study.train_kimg,
+                                           study.planned_images, study.report_kimg,
+                                           study.warmup_kimg)]
     if study.flags:
         lines.append('Common flags: `%s`.' % ' '.join(study.flags))
-    lines += ['', '| arm | labels | budget kimg | EMA test accuracy (%) | wall time | img/s |',
-              '|---|---:|---:|---:|---:|---:|']
-    lines += [result_row(study, arm, record) for arm, record, _ in done]
+    accuracy = ('EMA test accuracy (%), median | range | seeds ' + ', '.join(map(str, study.seeds))
+                if several else 'EMA test accuracy (%)')
+    lines += ['', '| arm | labels | budget kimg | %s | wall time | img/s |' % accuracy,
+              '|---|---:|---:|---:|%s---:|---:|' % ('---:|---:|' if several else '')]
+    by_arm = collections.OrderedDict()
+    for arm, record, _ in done:
+        by_arm.setdefault(arm.name, []).append(record)
+    lines += [result_row(study, name, records) for name, records in by_arm.items()]
     lines += ['', 'Arms:']
-    lines += ['- %s: `%s`' % (arm.name, ' '.join(study.arm_flags[arm.name])) for arm, _, _ in done]
+    lines += ['- %s: `%s`' % (name, ' '.join(study.arm_flags[name])) for name in by_arm]
     lines += ['', 'Wall time is the whole realmix.py process (start-up, training and the '
-              'evaluation every %d kimg); img/s = labeled images trained / wall time. '
-              'Curves: curves.png; exact commands: commands.txt.' % study.report_kimg, '']
+              'evaluation every %d kimg)%s; img/s = labeled images trained / wall time. '
+              'Curves: curves.png; exact commands: commands.txt.'
+              % (study.report_kimg, ', summed over the splits' if several else ''), '']
     return '\n'.join(lines)
 
 
-def commands_text(study, prepare_log, done):
+def prepare_log_path(study):
+    """STUDY_DIR/prepare.txt: what --prepare built, kept for the study's commands.txt."""
+    return os.path.join(study.folder, 'prepare.txt')
+
+
+def commands_text(study, done):
     lines = ['# Study %s (scripts/experiment.py); run from %s' % (study.name, os.getcwd()),
              'export ML_DATA=%s' % shlex.quote(os.path.abspath(ml_data_dir()))]
-    if prepare_log:
-        lines += ['', '# --prepare ran these steps in-process; the equivalent commands:']
-        lines += prepare_log
+    if os.path.isfile(prepare_log_path(study)):
+        with open(prepare_log_path(study)) as f:
+            lines += ['', '# --prepare ran these steps in-process; the equivalent commands:']
+            lines += f.read().splitlines()
     for arm, _, how in done:
         lines += ['', '# arm %s (%s)' % (arm.name, 'ran now' if how == 'ran' else
                                          'finished earlier, skipped this time'),
@@ -492,14 +583,45 @@ def commands_text(study, prepare_log, done):
     return '\n'.join(lines) + '\n'
 
 
-def write_reports(study, prepare_log, done):
-    write_text_atomic(os.path.join(study.folder, 'commands.txt'),
-                      commands_text(study, prepare_log, done))
+def write_reports(study, done):
+    write_text_atomic(os.path.join(study.folder, 'commands.txt'), commands_text(study, done))
+    several = len(study.seeds) > 1
     plot_curves.plot_runs([record['run_dir'] for _, record, _ in done],
                           os.path.join(study.folder, 'curves.png'),
-                          labels=[arm.name for arm, _, _ in done],
+                          labels=['%s s%d' % (arm.name, arm.seed) if several else arm.name
+                                  for arm, _, _ in done],
                           title='%s: %s, %d kimg' % (study.name, study.dataset, study.train_kimg))
     write_text_atomic(os.path.join(study.folder, 'results.md'), results_markdown(study, done))
+
+
+def prepare_only(study):
+    """Build what is missing of the study's data, keep the steps for commands.txt, say how to
+    run the study."""
+    if not study.prepare:
+        raise UserError('study %s has no data recipe for --prepare; create its dataset with '
+                        'scripts/create_datasets.py and create_split.py' % study.name)
+    log = []
+    for seed in study.seeds:
+        prepare_data(study.dataset_of(seed), study.prepare, FLAGS.images, log)
+    if log:
+        write_text_atomic(prepare_log_path(study), '\n'.join(log) + '\n')
+    print('dataset %s is ready%s; run the study with:\n%s' % (
+        ', '.join(map(study.dataset_of, study.seeds)), '' if log else ' (it was already there)',
+        shell_line(['python', 'scripts/experiment.py'] + study_arguments(sys.argv[1:]))))
+
+
+def study_arguments(argv):
+    """The command line without what only --prepare reads (--prepare, --images and its value)."""
+    split = argv.index('--') if '--' in argv else len(argv)
+    kept, value_of_images = [], False
+    for arg in argv[:split]:
+        if value_of_images:
+            value_of_images = False
+        elif arg == '--images':
+            value_of_images = True
+        elif not re.match(r'--(no)?prepare(=|$)|--images=', arg):
+            kept.append(arg)
+    return kept + argv[split:]
 
 
 def main(argv):
@@ -507,20 +629,17 @@ def main(argv):
     check_flag_list(passthrough, 'flags after --', BUDGET_FLAGS + ('method',))
     study = resolve_study(FLAGS.study, load_studies(FLAGS.studies_file), FLAGS.study_dir,
                           FLAGS.dataset, FLAGS.arms, parse_arm_flags(FLAGS.arm_flags),
-                          FLAGS.train_kimg, FLAGS.report_kimg, FLAGS.warmup_kimg)
+                          FLAGS.train_kimg, FLAGS.report_kimg, FLAGS.warmup_kimg, FLAGS.seeds)
     plans = study.arm_plans(passthrough)
-    prepare_log = []
     if FLAGS.prepare:
-        if not study.prepare:
-            raise UserError('study %s has no data recipe for --prepare; create its dataset with '
-                            'scripts/create_datasets.py and create_split.py' % study.name)
-        prepare_data(study.dataset, study.prepare, FLAGS.images, prepare_log)
+        prepare_only(study)
     if FLAGS.dry_run:
         print('\n'.join(shell_line(arm.command) for arm in plans))
+    if FLAGS.prepare or FLAGS.dry_run:
         return
     check_dataset(study)
     done = run_arms(study, plans)
-    write_reports(study, prepare_log, done)
+    write_reports(study, done)
     print('wrote %s' % ', '.join(os.path.join(study.folder, f)
                                  for f in ('results.md', 'curves.png', 'commands.txt')))
 

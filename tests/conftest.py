@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,6 +80,18 @@ def realmix(args, ml_data, **kwargs):
     env = dict(os.environ, ML_DATA=ml_data, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
     return subprocess.Popen([sys.executable, os.path.join(ROOT, 'realmix.py')] + args, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def kill_at_first_checkpoint(args, ml_data, train_dir, timeout=240):
+    """realmix.py with `args` killed by SIGKILL once its first checkpoint is written; its output."""
+    process = realmix(args, ml_data)
+    deadline = time.time() + timeout
+    while not glob.glob(os.path.join(train_dir, '*', '*', 'tf', 'checkpoint')):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    return process.communicate()[0]
 
 
 def finish(process, timeout=240):

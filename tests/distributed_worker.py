@@ -65,6 +65,8 @@ def main(out, root, dataset_id, method_name, arch, batch, steps, replicas, augme
               batch=int(batch), lr=0.01, wd=0.5, ema=0.9, beta=0.75, w_match=1., warmup_kimg=0.,
               T=0.5, tsa='none', tsa_rule='reference', percent_mask=-1., augment=augment,
               eval_batch=8, total_nimg=1 << 20)
+    hp.update((spec.name, spec.default) for spec in method.FLAGS if spec.name not in hp)
+    hp.update(train_kimg=1024, unlabeled_size=data.unlabeled_size(dataset))  # FixMatch family
     with tf.Graph().as_default() as graph:
         ops = train.training_graph(dataset, hp, device, method, seed=1)
         with device.scope():

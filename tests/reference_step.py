@@ -88,12 +88,13 @@ def summary_tensors(tf):
     return dict((s.op.name, s.op.inputs[1]) for s in tf.get_collection(tf.GraphKeys.SUMMARIES))
 
 
-def ordered_updates(train_op):
-    """train_op's updates as (Adam and batch-norm statistics, weight decay, EMA).
+def ordered_updates(train_op, optimizer='Adam'):
+    """train_op's updates as (the optimizer's and batch-norm statistics, weight decay, EMA).
 
-    The reference makes its decay, EMA and statistics ops before Adam's and groups them after it:
-    tf.control_dependencies binds only ops made inside its block, so they race with Adam's update
-    (and with each other). The harness runs them in the order our graph fixes.
+    The reference makes its decay, EMA and statistics ops before the optimizer's and groups them
+    after it: tf.control_dependencies binds only ops made inside its block, so they race with the
+    update (and with each other). The harness runs them in the order our graph fixes.
+    google-research/fixmatch (optimizer 'Momentum') has no decay op: its loss holds the L2 term.
     """
     parts = ([], [], [])
     for op in train_op.control_inputs:
@@ -102,10 +103,20 @@ def ordered_updates(train_op):
         elif op.name.startswith('ExponentialMovingAverage'):
             parts[2].append(op)
         else:
-            assert op.name == 'Adam' or 'AssignMovingAvg' in op.name, op.name
+            assert op.name == optimizer or 'AssignMovingAvg' in op.name, op.name
             parts[0].append(op)
-    assert len(parts[2]) == 1 and len([op for op in parts[0] if op.name == 'Adam']) == 1
+    assert len(parts[2]) == 1 and len([op for op in parts[0] if op.name == optimizer]) == 1
     return parts
+
+
+def bare_model(cls, case):
+    """An instance of a reference model class without its __init__ (which would build datasets
+    and write a run folder): what model() reads, the dataset's shape and statistics, set by hand."""
+    model = object.__new__(cls)
+    model.dataset = types.SimpleNamespace(height=case['hwc'][0], width=case['hwc'][1],
+                                          colors=case['hwc'][2], mean=0., std=1.)
+    model.nclass = case['nclass']
+    return model
 
 
 def run_case(tf, source_dir, case):
@@ -113,10 +124,7 @@ def run_case(tf, source_dir, case):
     draws = dict((kind, [inputs[k] for k in sorted(inputs.files) if k.startswith(kind + '_')])
                  for kind in ('beta', 'permutation', 'normal'))
     cls = getattr(load_method(source_dir, case['file']), case['class'])
-    model = object.__new__(cls)
-    model.dataset = types.SimpleNamespace(height=case['hwc'][0], width=case['hwc'][1],
-                                          colors=case['hwc'][2], mean=0., std=1.)
-    model.nclass = case['nclass']
+    model = bare_model(cls, case)
     with tf.Graph().as_default():
         model.step = tf.train.get_or_create_global_step()
         vat_utils = sys.modules.get('third_party.vat_utils')

@@ -16,7 +16,7 @@ import tensorflow.compat.v1 as tf
 
 import tiny_data
 from conftest import ROOT
-from libml import npu_config, train
+from libml import npu_config, run_folder
 from libml.utils import UserError
 
 LAUNCH = os.path.join(ROOT, 'scripts', 'launch.py')
@@ -124,7 +124,7 @@ def test_a_killed_worker_stops_the_run_and_the_same_command_resumes(tmp_path):
     results = glob.glob(os.path.join(train_dir, '*', '*', 'result.txt'))
     assert len(results) == 1  # rank 0 alone writes
     folder = os.path.join(os.path.dirname(results[0]), 'tf')
-    for path in train.checkpoints_newest_first(folder):  # the step is read after its update
+    for path in run_folder.checkpoints_newest_first(folder):  # the step is read after its update
         assert int(tf.train.load_variable(path, 'global_step')) == int(path.rsplit('-', 1)[1])
 
 

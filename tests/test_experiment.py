@@ -117,7 +117,7 @@ def test_builtin_studies_plan_their_arms():
     for name in experiment.STUDIES:
         study = experiment.resolve_study(name)
         commands = [' '.join(arm.command) for arm in study.arm_plans()]
-        assert len(commands) == len(study.arms) >= 2
+        assert len(commands) == len(study.arms) * len(study.seeds) and len(study.arms) >= 2
         assert study.warmup_kimg == experiment.STUDIES[name].get('warmup_kimg', study.train_kimg / 4.)
         recipe = study.prepare
         if recipe is None:  # data made by hand (digits_methods: docs/studies.md)
@@ -141,6 +141,47 @@ def test_builtin_studies_plan_their_arms():
                              for arm in seed.arm_plans()[1:3]]
     assert set(reference) ^ set(definition) == {'--tsa_rule=reference', '--tsa_rule=definition'}
     assert '--percent_mask=-1' in reference  # the reference's recommended CIFAR-10 command
+
+
+def test_a_study_over_three_splits_runs_each_arm_on_each_and_reports_median_and_range(tmp_path):
+    study = experiment.resolve_study('digits_methods_3splits', study_dir=str(tmp_path))
+    assert study.seeds == [1, 2, 3] and study.arms[-3:] == ['fixmatch', 'flexmatch', 'freematch']
+    plans = study.arm_plans()
+    assert [(arm.name, arm.seed) for arm in plans[:4]] == [
+        ('fs_baseline', 1), ('fs_baseline', 2), ('fs_baseline', 3), ('fs_mixup', 1)]
+    for arm in plans[:3]:
+        assert '--dataset=digits.%d@50-0' % arm.seed in arm.command
+        assert arm.folder == os.path.join(str(tmp_path), 'arms', 'fs_baseline', 'seed%d' % arm.seed)
+    assert study.prepare == dict(source='digits', split_size=50, class_balance=True)
+    one = experiment.resolve_study('digits_methods_3splits', seeds=['2'], study_dir=str(tmp_path))
+    assert [arm.folder for arm in one.arm_plans()[:1]] == [
+        os.path.join(str(tmp_path), 'arms', 'fs_baseline')]  # one split: the old layout
+    done = []
+    for arm, accuracy in zip(plans[:6], (80., 90., 85., 70., 71., 75.)):
+        run_dir = str(tmp_path / arm.name / str(arm.seed))
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, 'stats.json'), 'w') as f:
+            json.dump(dict(table=dict(ema=dict(test=accuracy))), f)
+        done.append((arm, dict(run_dir=run_dir, wall_s=60., images_trained=6000), 'ran'))
+    text = experiment.results_markdown(study, done)
+    assert 'on the splits of seeds 1, 2, 3' in text
+    assert '| fs_baseline | 50 | 128 | 85.00 | 80.00–90.00 | 80.00, 90.00, 85.00 | 0:03:00 | 100.0 |' in text
+    assert '| fs_mixup | 50 | 128 | 71.00 | 70.00–75.00 | 70.00, 71.00, 75.00 |' in text
+    with pytest.raises(UserError, match='--seeds: give distinct split seeds'):
+        experiment.resolve_study('digits_methods_3splits', seeds=['1', '1'])
+
+
+def test_prepare_builds_digits_and_a_class_balanced_split_per_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv('ML_DATA', str(tmp_path))
+    study = experiment.resolve_study('digits_methods_3splits', seeds=['1', '2'])
+    log = []
+    for seed in study.seeds:
+        experiment.prepare_data(study.dataset_of(seed), study.prepare, None, log)
+    assert log[0] == 'python scripts/create_datasets.py digits' and len(log) == 3
+    assert '--seed=2 --label_split_size=50 --class_balance' in log[2]
+    labeled = [sorted(labels_of('SSL/digits.%d@50' % seed, 'label')) for seed in (1, 2)]
+    assert labeled[0] == labeled[1] == sorted(list(range(10)) * 5)  # 5 per class
+    assert labels_of('SSL/digits.1@50', 'label') != labels_of('SSL/digits.2@50', 'label')
 
 
 @pytest.mark.parametrize('kwargs,message', [
@@ -195,6 +236,32 @@ def test_prepare_builds_a_class_mismatch_split_from_an_image_archive(tmp_path, m
     again = []
     experiment.prepare_data('toy6.1@12-0', recipe, archive, again)
     assert again == []  # everything present: nothing runs
+
+
+def test_prepare_builds_the_data_and_stops_and_the_study_then_names_what_it_built(tmp_path):
+    ml_data, folder = str(tmp_path / 'data'), str(tmp_path / 'study')
+    studies = str(tmp_path / 'studies.json')
+    with open(studies, 'w') as f:
+        json.dump({'toy_study': dict(dataset='toy.1@20-0', arms=['supervised'], train_kimg=1,
+                                     prepare=dict(source='toy', split_size=20))}, f)
+    archive = make_image_archive(str(tmp_path / 'images.tar.gz'))
+    args = ['--study=toy_study', '--studies_file=' + studies, '--study_dir=' + folder]
+    result = run_experiment(args + ['--prepare', '--images=' + archive], ml_data)
+    assert result.returncode == 0, result.stdout
+    assert os.path.isfile(os.path.join(ml_data, 'SSL', 'toy.1@20-label.tfrecord'))
+    assert not os.path.exists(os.path.join(folder, 'arms'))  # no arm trained
+    assert result.stdout.rstrip().endswith('python scripts/experiment.py %s' % ' '.join(args))
+    again = run_experiment(args + ['--prepare', '--images=' + archive], ml_data)
+    assert 'dataset toy.1@20-0 is ready (it was already there)' in again.stdout
+    commands = experiment.commands_text(experiment.resolve_study(
+        'toy_study', experiment.load_studies(studies), folder), [])
+    assert 'scripts/create_split.py --seed=1 --label_split_size=20' in commands
+
+
+def test_the_study_command_after_prepare_drops_only_what_prepare_reads():
+    assert experiment.study_arguments(['--study=s', '--prepare', '--images', 'a.tgz', '--train_kimg=8',
+                                       '--images=b', '--', '--prepare=x']) == [
+        '--study=s', '--train_kimg=8', '--', '--prepare=x']
 
 
 def test_prepare_from_missing_images_is_one_line_and_writes_nothing(tmp_path):

@@ -1,5 +1,7 @@
 """libml/graph.py: the real training graph of every method and device/precision setting, audited and runnable."""
 
+import types
+
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -7,7 +9,7 @@ import tensorflow.compat.v1 as tf
 import methods
 import tiny_data
 from libml import data, graph_audit, npu_config
-from libml.graph import build_graph, training_update
+from libml.graph import build_graph, saved_variables, training_update
 from libml.train import input_pipelines
 
 tf.disable_v2_behavior()
@@ -37,7 +39,7 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
     device = npu_config.setup(device_name, precision, log=lambda *a: None)
     hp = hyper_parameters(dataset)
     with tf.Graph().as_default() as graph:
-        pipelines = input_pipelines(dataset, hp, device, needs_unlabeled=True)
+        pipelines = input_pipelines(dataset, hp, device, methods.get('realmix'))
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
                           pipelines=pipelines)
         problems = graph_audit.audit_train_graph(graph, ops['train_op'],
@@ -61,14 +63,14 @@ def test_training_graph_is_clean_and_trains(dataset, device_name, precision, req
 
 
 @pytest.mark.parametrize('method', ['mixmatch', 'pi_model', 'mean_teacher', 'ict', 'vat',
-                                    'pseudo_label', 'mixup'])
+                                    'pseudo_label', 'mixup', 'fixmatch'])
 def test_every_semi_supervised_method_builds_a_clean_graph_and_trains(dataset, method):
     """Both legs (the step-equality with the reference's code is TF 1.15 only)."""
     device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
     hp = dict(hyper_parameters(dataset, method=method), train_kimg=4)
     hp.update((spec.name, spec.default) for spec in methods.get(method).FLAGS)
     with tf.Graph().as_default() as graph:
-        pipelines = input_pipelines(dataset, hp, device, needs_unlabeled=True)
+        pipelines = input_pipelines(dataset, hp, device, methods.get(method))
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(method),
                           pipelines=pipelines)
         assert graph_audit.audit_train_graph(graph, ops['train_op']) == []
@@ -76,6 +78,40 @@ def test_every_semi_supervised_method_builds_a_clean_graph_and_trains(dataset, m
             session.run(tf.global_variables_initializer())
             losses = session.run(ops['losses'])
     assert all(np.isfinite(v) for v in losses.values()) and losses['loss'] > 0
+
+
+def _counting_method():
+    """A supervised method that keeps state of its own: the steps it took and the images seen."""
+    def losses(labeled_batch, unlabeled_batch, classify, hp, images_seen, nclass):
+        steps = methods.state_variable('steps', [], tf.int32, tf.zeros_initializer())
+        logits = classify(labeled_batch['image'], training=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labeled_batch['label'], logits=logits))
+        steps_before = tf.cast(steps, tf.float32)
+        with tf.control_dependencies([steps_before]):  # the method orders its reads and updates
+            update = tf.assign_add(steps, 1)
+        return dict(loss=loss, xe=loss, steps=steps_before, state_update=update)
+    return types.SimpleNamespace(NAME='counting', NEEDS_UNLABELED=False, FLAGS=[], losses=losses)
+
+
+def test_a_methods_own_state_lives_across_steps_and_checkpoints(dataset, tmp_path):
+    device = npu_config.setup('cpu', 'fp32', log=lambda *a: None)
+    hp = hyper_parameters(dataset, method='counting')
+    method = _counting_method()
+    prefix = str(tmp_path / 'model.ckpt')
+    for resumed in (False, True):
+        with tf.Graph().as_default():
+            ops = build_graph(hp, dataset.shape, dataset.nclass, device, method,
+                              pipelines=input_pipelines(dataset, hp, device, method))
+            saver = tf.train.Saver(saved_variables())
+            with tf.Session() as session:
+                session.run(tf.global_variables_initializer())
+                if resumed:
+                    saver.restore(session, prefix)
+                seen = [session.run(ops['losses'])['steps'] for _ in range(3)]
+                saver.save(session, prefix, write_meta_graph=False)
+        assert seen == ([3., 4., 5.] if resumed else [0., 1., 2.])
+    assert 'method_state/steps' in dict(tf.train.list_variables(prefix))
 
 
 @pytest.mark.parametrize('method', ['supervised', 'fs_baseline', 'fs_mixup'])
@@ -106,7 +142,7 @@ def test_npu_mixed_skips_adam_on_overflow_but_the_rest_of_the_step_runs(dataset,
     hp = dict(hyper_parameters(dataset), tsa='none')
     decay = 1 - hp['wd'] * hp['lr']
     with tf.Graph().as_default() as graph:
-        pipelines = input_pipelines(dataset, hp, device, needs_unlabeled=True)
+        pipelines = input_pipelines(dataset, hp, device, methods.get('realmix'))
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get(hp['method']),
                           pipelines=pipelines)
         fake_checks.validate_session_config(device.session_config(), graph)

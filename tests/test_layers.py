@@ -1,6 +1,9 @@
-"""Batch norm modes and moving averages, against numpy."""
+"""Batch norm modes and moving averages, against numpy; the activation's fast gradient."""
+
+import contextlib
 
 import numpy as np
+import pytest
 import tensorflow.compat.v1 as tf
 
 from libml import layers
@@ -29,3 +32,71 @@ def test_batch_norm_training_uses_batch_moments_and_updates_moving_averages_on_r
     np.testing.assert_allclose(y_frozen, x / np.sqrt(1 + 1e-3), atol=1e-4)  # mean 0, variance 1
     np.testing.assert_allclose(moving_mean, 0.1 * mean, rtol=1e-5)
     assert len(tf.get_collection(layers.BN_MOMENTS, scope=None)) == 0  # collections are per graph
+
+
+def _leaky_relu_gradients(dtype, x, g, alpha, fast):
+    """(tf.nn.leaky_relu's value, its gradient) of x for the upstream gradient g, in `dtype`."""
+    with tf.Graph().as_default() as graph:
+        xt, gt = tf.cast(tf.constant(x), dtype), tf.cast(tf.constant(g), dtype)
+        with layers.bfloat16_gradients() if fast else contextlib.nullcontext():
+            y = layers.leaky_relu(xt, alpha)
+        grad = tf.gradients(y, xt, grad_ys=gt)[0]
+        kinds = set(op.type for op in graph.get_operations())
+        with tf.Session() as session:
+            values = session.run([tf.cast(y, tf.float32), tf.cast(grad, tf.float32)])
+    return values, kinds
+
+
+# Both signs, zeros of both signs, tiny and huge magnitudes, for a slope with an inexact product.
+EDGES = np.array([0., -0., 1e-30, -1e-30, 3.5, -3.5, 1e30, -1e30, 0.7, -0.7], np.float32)
+
+
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
+@pytest.mark.parametrize('alpha', [0.1, 0.2])
+def test_fast_leaky_relu_gradient_equals_leaky_relu_grad_bit_for_bit(dtype, alpha):
+    rng = np.random.RandomState(1)
+    x = np.concatenate([EDGES, rng.randn(500).astype(np.float32)])
+    g = np.concatenate([EDGES[::-1], rng.randn(500).astype(np.float32) * 10])
+    (y, grad_tf), slow_kinds = _leaky_relu_gradients(dtype, x, g, alpha, fast=False)
+    (y_fast, grad_fast), fast_kinds = _leaky_relu_gradients(dtype, x, g, alpha, fast=True)
+    assert 'LeakyReluGrad' in slow_kinds and 'LeakyReluGrad' not in fast_kinds
+    assert 'ReluGrad' in fast_kinds and 'LeakyRelu' in fast_kinds  # the forward stays one op
+    np.testing.assert_array_equal(y_fast, y)
+    np.testing.assert_array_equal(grad_fast, grad_tf)  # equal values (-0 == 0)
+    factor = np.where(x > 0, 1., alpha)
+    tolerance = 1e-6 if dtype == tf.float32 else 1e-2
+    np.testing.assert_allclose(grad_fast, g * factor, rtol=tolerance)
+
+
+def test_only_the_cpu_bfloat16_device_takes_the_fast_activation_gradient():
+    from libml import npu_config
+    for name, precision, fast in (('cpu', 'mixed', True), ('cpu', 'fp32', False),
+                                  ('gpu', 'mixed', False), ('npu', 'mixed', False)):
+        device = npu_config.Device(name, precision, precision)
+        with tf.Graph().as_default() as graph:
+            x = tf.constant([[-1., 2.]])
+            with device.scope():
+                y = layers.leaky_relu(x)
+            tf.gradients(y, x)
+            kinds = set(op.type for op in graph.get_operations())
+        assert ('LeakyReluGrad' not in kinds) == fast, (name, precision)
+
+
+def test_fast_activation_gradient_keeps_a_wide_resnet_steps_gradients_bit_for_bit():
+    from libml import models
+    images = np.random.RandomState(2).rand(4, 8, 8, 3).astype(np.float32)
+    grads = []
+    for fast in (False, True):
+        with tf.Graph().as_default():
+            tf.set_random_seed(1)
+            classify = models.make_classifier('resnet', 3, scales=2, filters=4, repeat=1)
+            with layers.bfloat16_gradients() if fast else contextlib.nullcontext():
+                logits = classify(tf.constant(images), training=True)
+            loss = tf.reduce_sum(tf.square(logits))
+            variables = tf.trainable_variables()
+            with tf.Session() as session:
+                session.run(tf.global_variables_initializer())
+                grads.append(session.run(tf.gradients(loss, variables)))
+    assert len(grads[0]) == len(grads[1]) > 10
+    for slow, fast in zip(*grads):
+        np.testing.assert_array_equal(fast, slow)

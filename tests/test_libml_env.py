@@ -66,18 +66,3 @@ def test_training_entry_point_runs_tensorflow_with_onednn_kernels():
     # report only) slows the start of every command.
     assert 'loaded []' in out.stdout, out.stdout
 
-
-def test_native_start_up_lines_and_the_remapper_notice_are_dropped_but_real_errors_pass():
-    code = ('import sys, os; sys.path.insert(0, %r)\n'
-            'from libml.utils import quiet_native_logs\n'
-            'quiet_native_logs()\n'
-            'for line in ("I0000 00:00:1795974933.180774    6401 mlir_graph_optimization_pass.cc:437] MLIR",\n'
-            '             "E0000 00:00:1732871234.123456    4242 meta_optimizer.cc:966] remapper failed: '
-            'INVALID_ARGUMENT: Mutation::Apply error: fanout",\n'
-            '             "E0000 00:00:1732871234.123456    4242 session.cc:12] a real error",\n'
-            '             "error: ours"):\n'
-            '    os.write(2, (line + "\\n").encode())\n' % ROOT)
-    done = subprocess.run([sys.executable, '-c', code], stderr=subprocess.PIPE,
-                          universal_newlines=True, env=dict(os.environ, REALMIX_NATIVE_LOGS=''))
-    assert done.stderr.splitlines() == ['E0000 00:00:1732871234.123456    4242 session.cc:12] a real error',
-                                        'error: ours']

@@ -16,7 +16,7 @@ def test_every_method_module_has_the_same_shape():
     assert methods.names()[0] == 'realmix'
     assert set(methods.names()) == {'realmix', 'mixmatch', 'supervised', 'fs_baseline', 'fs_mixup',
                                     'mixup', 'pi_model', 'mean_teacher', 'ict', 'vat',
-                                    'pseudo_label'}
+                                    'pseudo_label', 'fixmatch', 'flexmatch', 'freematch'}
     for name in methods.names():
         method = methods.get(name)
         assert method.NAME == name and isinstance(method.NEEDS_UNLABELED, bool)
@@ -27,8 +27,39 @@ def test_every_method_module_has_the_same_shape():
 
 
 def test_unknown_method_is_one_clear_error():
-    with pytest.raises(UserError, match='unknown --method=fixmatch; choose one of: realmix, '):
-        methods.get('fixmatch')
+    with pytest.raises(UserError, match='unknown --method=nosuch; choose one of: realmix, '):
+        methods.get('nosuch')
+
+
+def test_fixmatch_trains_with_its_own_defaults_optimizer_and_weight_decay_form():
+    specs = dict((s.name, s) for s in methods.flag_specs('fixmatch'))
+    assert (specs['lr'].default, specs['wd'].default) == (0.03, 0.0005)  # fixmatch.py's __main__
+    assert (specs['confidence'].default, specs['uratio'].default, specs['wu'].default) == (0.95, 7, 1.)
+    assert dict((s.name, s) for s in methods.flag_specs('realmix'))['lr'].default == 0.002
+    fixmatch, realmix = methods.get('fixmatch'), methods.get('realmix')
+    assert not methods.decoupled_weight_decay(fixmatch) and methods.decoupled_weight_decay(realmix)
+    assert methods.unlabeled_views(fixmatch) == ('weak', 'strong')
+    assert methods.unlabeled_views(realmix) == ('weak', 'weak')
+    assert methods.unlabeled_batch(fixmatch, dict(batch=64, uratio=7)) == 448
+    assert methods.unlabeled_batch(realmix, dict(batch=64, uratio=7)) == 64
+    with tf.Graph().as_default():
+        optimizer = methods.optimizer(fixmatch, dict(lr=0.03, train_kimg=1), tf.constant(512))
+        assert isinstance(optimizer, tf.train.MomentumOptimizer)
+        assert optimizer._use_nesterov and optimizer._momentum == 0.9
+        with tf.Session() as session:  # halfway: lr * cos(7 pi / 32)
+            assert abs(session.run(optimizer._learning_rate) - 0.03 * np.cos(7 * np.pi / 32)) < 1e-7
+        assert isinstance(methods.optimizer(realmix, dict(lr=0.002), None), tf.train.AdamOptimizer)
+
+
+@pytest.mark.parametrize('flag, value, rule', [
+    ('confidence', 0., 'in \\(0, 1\\]'), ('confidence', 1.01, 'in \\(0, 1\\]'),
+    ('uratio', 0, '>= 1'), ('wu', -0.5, '>= 0')])
+def test_fixmatch_refuses_flags_out_of_range_in_one_line(flag, value, rule):
+    specs = methods.flag_specs('fixmatch')
+    hp = dict(dict((s.name, s.default) for s in specs), scales=3, **{flag: value})
+    with pytest.raises(UserError, match='^--%s=%s is out of range: it must be %s$' % (flag, value, rule)):
+        hparams.check_flags(hp, specs)
+    hparams.check_flags(dict(hp, **{flag: dict((s.name, s.default) for s in specs)[flag]}), specs)
 
 
 def test_a_flag_two_methods_share_must_be_defined_alike():

@@ -14,7 +14,7 @@ import tensorflow.compat.v1 as tf
 
 import methods
 import tiny_data
-from libml import data, events, hparams, npu_config, train
+from libml import data, events, hparams, npu_config, run_folder, train
 from libml.graph import build_graph
 from libml.utils import UserError
 from conftest import ROOT
@@ -76,7 +76,7 @@ def test_hccl_ranks_average_gradients_share_rank_0_weights_and_count_global_imag
     assert device.cluster == ('hccl', 2, 1, 1) and not device.chief
     hp = run_hp(dataset, replicas=2)
     with tf.Graph().as_default() as graph:
-        pipelines = train.input_pipelines(dataset, hp, device, needs_unlabeled=True)
+        pipelines = train.input_pipelines(dataset, hp, device, methods.get('realmix'))
         ops = build_graph(hp, dataset.shape, dataset.nclass, device, methods.get('realmix'),
                           pipelines)
         broadcast, barrier = device.broadcast_op(), device.barrier_op()
@@ -115,7 +115,7 @@ def test_an_hccl_job_gets_a_default_job_id_and_generous_hccl_timeouts(dataset, t
     assert os.environ['HCCL_EXEC_TIMEOUT'] == '7140' and os.environ['HCCL_CONNECT_TIMEOUT'] == '300'
     assert int(os.environ['HCCL_EXEC_TIMEOUT']) % 68 == 0  # 910: the timeout is taken // 68 * 68
     with tf.Graph().as_default():  # the adapter's allreduce reads JOB_ID: no traceback now
-        pipelines = train.input_pipelines(dataset, run_hp(dataset), device, needs_unlabeled=True)
+        pipelines = train.input_pipelines(dataset, run_hp(dataset), device, methods.get('realmix'))
         build_graph(run_hp(dataset), dataset.shape, dataset.nclass, device,
                     methods.get('realmix'), pipelines)
 
@@ -186,7 +186,7 @@ def test_loop_sinking_counts_images_per_call_and_writes_loss_summaries_every_epo
     curve = events.read_scalars(str(tmp_path / 'run'))['losses/loss']
     assert [step for step, _ in curve] == [256, 512, 768, 1024, 1280, 1536, 1792, 2048]
     assert [int(tf.train.load_variable(path, 'global_step')) for path in
-            train.checkpoints_newest_first(str(tmp_path / 'run' / 'tf'))] == [2048, 1024]
+            run_folder.checkpoints_newest_first(str(tmp_path / 'run' / 'tf'))] == [2048, 1024]
 
 
 def test_loop_sinking_needs_epochs_and_checkpoints_on_loop_boundaries(dataset, fake_npu):

@@ -4,17 +4,16 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import tiny_data
 from libml import events, train
-from conftest import ROOT, assert_one_line_error, finish, realmix, run_dir_of
+from conftest import (ROOT, assert_one_line_error, finish, kill_at_first_checkpoint, realmix,
+                      run_dir_of)
 
 TINY = ['--arch=smallconv', '--filters=8', '--batch=8', '--report_kimg=1', '--save_kimg=1',
         '--warmup_kimg=1', '--tune_kimg=1', '--eval_batch=16', '--device=cpu', '--seed=1',
@@ -29,14 +28,7 @@ def trained(tmp_path_factory):
     dataset = tiny_data.make_ssl_dataset(root) + '-12'
     train_dir = str(tmp_path_factory.mktemp('runs'))
     args = ['--dataset=' + dataset, '--train_dir=' + train_dir, '--train_kimg=3'] + TINY
-    first = realmix(args, root)
-    deadline = time.time() + 180
-    while not glob.glob(os.path.join(train_dir, '*', '*', 'tf', 'checkpoint')):
-        assert first.poll() is None, first.communicate()[0]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    killed_output = first.communicate()[0]
+    killed_output = kill_at_first_checkpoint(args, root, train_dir, timeout=180)
     code, resumed_output = finish(realmix(args, root))
     assert code == 0, resumed_output
     return dict(root=root, dataset=dataset, train_dir=train_dir, args=args,
@@ -233,24 +225,6 @@ def test_divergence_stops_with_one_line_and_no_bad_checkpoint(trained, tmp_path)
             assert np.isfinite(reader.get_tensor(name)).all(), name
 
 
-def test_drop_checkpoints_from_keeps_the_older_ones_as_newest(tmp_path):
-    from libml import train
-    folder = str(tmp_path)
-    for step in (1024, 2048, 3072):
-        for ext in ('index', 'data-00000-of-00001'):
-            (tmp_path / ('model.ckpt-%d.%s' % (step, ext))).write_text('x')
-    (tmp_path / 'checkpoint').write_text(
-        'model_checkpoint_path: "model.ckpt-3072"\n' + ''.join(
-            'all_model_checkpoint_paths: "model.ckpt-%d"\n' % s for s in (1024, 2048, 3072)))
-    kept = train._drop_checkpoints_from(folder, 2048)
-    assert kept == os.path.join(folder, 'model.ckpt-1024')
-    assert sorted(os.listdir(folder)) == ['checkpoint', 'model.ckpt-1024.data-00000-of-00001',
-                                          'model.ckpt-1024.index']
-    import tensorflow.compat.v1 as tf
-    assert tf.train.latest_checkpoint(folder) == kept
-    assert train._drop_checkpoints_from(folder, 0) == '' and os.listdir(folder) == []
-
-
 def test_inference_rejects_images_of_the_wrong_size(trained, tmp_path):
     from PIL import Image
     Image.fromarray(np.zeros([16, 16], np.uint8)).save(str(tmp_path / 'big.png'))
@@ -303,19 +277,3 @@ def test_checkpoints_have_the_reference_variable_layout(trained):
     assert names == expected
     assert any(n.endswith('moving_mean') for n in weights)
 
-
-def test_fine_tuning_carries_adam_powers_wherever_loss_scaling_puts_them():
-    """Loss-scaled optimizers create Adam's powers in a cond scope (cond/beta1_power on the NPU,
-    cond_1/beta1_power on GPU): --load_checkpoint must carry them too."""
-    import tensorflow.compat.v1 as tf
-    from libml import train
-    with tf.Graph().as_default():
-        tf.get_variable('classify/conv2d/kernel', [1])
-        tf.get_variable('classify/dense/kernel', [1])
-        with tf.variable_scope('cond'):
-            tf.get_variable('beta1_power', [])
-        tf.get_variable('beta2_power', [])
-        names = sorted(v.op.name for v in train._fine_tune_variables(reset_optimizer=False))
-        reset = sorted(v.op.name for v in train._fine_tune_variables(reset_optimizer=True))
-    assert names == ['beta2_power', 'classify/conv2d/kernel', 'cond/beta1_power']
-    assert reset == ['classify/conv2d/kernel']

@@ -17,7 +17,7 @@ import tensorflow.compat.v1 as tf
 
 import tiny_data
 from conftest import ROOT, assert_one_line_error, file_size_limit, finish, realmix, run_dir_of
-from libml import stops, train
+from libml import run_folder, stops
 from libml.utils import write_text_atomic
 
 TINY = ['--arch=smallconv', '--filters=8', '--report_kimg=1', '--save_kimg=1', '--warmup_kimg=1',
@@ -27,7 +27,7 @@ TINY = ['--arch=smallconv', '--filters=8', '--report_kimg=1', '--save_kimg=1', '
 def checkpoint_steps(run_dir):
     """{name's step: the global_step it holds} of every checkpoint of a run."""
     return {int(path.rsplit('-', 1)[1]): int(tf.train.load_variable(path, 'global_step'))
-            for path in train.checkpoints_newest_first(os.path.join(run_dir, 'tf'))}
+            for path in run_folder.checkpoints_newest_first(os.path.join(run_dir, 'tf'))}
 
 
 @pytest.fixture(scope='module')
@@ -179,7 +179,7 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_checkpoint(stopped
     previous = tf.train.load_checkpoint(os.path.join(folder, 'model.ckpt-3072'))  # intact:
     for name in previous.get_variable_to_shape_map():                           # every tensor reads
         previous.get_tensor(name)
-    assert train.checkpoints_newest_first(folder)[0].endswith('model.ckpt-3072')
+    assert run_folder.checkpoints_newest_first(folder)[0].endswith('model.ckpt-3072')
     # An export on a full disk: one line, no export folder (nor its temporary one).
     done = _limited(data_size - 1, [sys.executable, os.path.join(ROOT, 'scripts', 'export.py'), run_dir])
     assert_one_line_error(done.returncode, done.stdout, 'could not write %s' % os.path.join(run_dir, 'export'),
