@@ -585,12 +585,17 @@ def commands_text(study, done):
 
 def write_reports(study, done):
     write_text_atomic(os.path.join(study.folder, 'commands.txt'), commands_text(study, done))
-    several = len(study.seeds) > 1
-    plot_curves.plot_runs([record['run_dir'] for _, record, _ in done],
-                          os.path.join(study.folder, 'curves.png'),
-                          labels=['%s s%d' % (arm.name, arm.seed) if several else arm.name
-                                  for arm, _, _ in done],
-                          title='%s: %s, %d kimg' % (study.name, study.dataset, study.train_kimg))
+    title = '%s: %s, %d kimg' % (study.name, study.dataset, study.train_kimg)
+    if len(study.seeds) > 1:  # one line per arm: its median over the splits, and their range
+        groups = collections.OrderedDict()
+        for arm, record, _ in done:
+            groups.setdefault(arm.name, []).append(record['run_dir'])
+        plot_curves.plot_split_medians(groups, os.path.join(study.folder, 'curves.png'),
+                                       title + ', splits %s' % ', '.join(map(str, study.seeds)))
+    else:
+        plot_curves.plot_runs([record['run_dir'] for _, record, _ in done],
+                              os.path.join(study.folder, 'curves.png'),
+                              labels=[arm.name for arm, _, _ in done], title=title)
     write_text_atomic(os.path.join(study.folder, 'results.md'), results_markdown(study, done))
 
 

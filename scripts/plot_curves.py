@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import libml  # noqa: E402,F401  (first: it sets TensorFlow's environment before TF loads)
 
 import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
 matplotlib.use('Agg')  # No display: render to files only.
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -91,7 +92,41 @@ def plot_runs(run_dirs, out, labels=None, title=None):
         raise UserError('--labels has %d names for %d run folders; give one per run'
                         % (len(labels), len(run_dirs)))
     curves = [load_curves(d) for d in run_dirs]
-    figure = draw(curves, labels, title)
+    return save(draw(curves, labels, title), out)
+
+
+def split_band(run_dirs, tag='accuracy/test'):
+    """(kimg, median, low, high) of `tag` over runs of one arm on several splits, at the steps
+    every run has."""
+    series = [dict(events.read_scalars(d).get(tag, [])) for d in run_dirs]
+    steps = sorted(set.intersection(*[set(s) for s in series]))
+    values = np.array([[s[step] for step in steps] for s in series])
+    kimg = [step / 1024. for step in steps]
+    return kimg, np.median(values, 0), values.min(0), values.max(0)
+
+
+def plot_split_medians(groups, out, title=None):
+    """EMA test accuracy of each arm over its splits: the median line and the min-max band
+    (`groups`: {arm: [run folders, one per split]}); written to `out` atomically."""
+    figure, axis = plt.subplots(figsize=(11, 6))
+    for i, (arm, run_dirs) in enumerate(groups.items()):
+        kimg, median, low, high = split_band(run_dirs)
+        color = 'C%d' % (i % 10)
+        axis.plot(kimg, median, color=color, marker='.', label=arm,
+                  linestyle='-' if i < 10 else '--')
+        axis.fill_between(kimg, low, high, color=color, alpha=0.12)
+    axis.set_xlabel('kimg (1024 labeled images seen)')
+    axis.set_ylabel('test accuracy, EMA (%): median over splits, band min-max')
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc='center left', bbox_to_anchor=(1.01, 0.5), fontsize='small', frameon=False)
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    return save(figure, out)
+
+
+def save(figure, out):
+    """Write `figure` to `out` (PNG) atomically and close it; returns `out`."""
     try:
         with atomic_output(out) as tmp:
             figure.savefig(tmp, format='png', dpi=100)

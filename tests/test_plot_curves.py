@@ -17,12 +17,12 @@ import plot_curves  # noqa: E402
 SCRIPT = os.path.join(ROOT, 'scripts', 'plot_curves.py')
 
 
-def write_run(run_dir, kimgs, with_unlabeled_loss=True):
+def write_run(run_dir, kimgs, with_unlabeled_loss=True, accuracy=40.):
     """Event files as the trainer writes them: EMA accuracies and losses at kimgs x 1024 steps."""
     with tf.Graph().as_default():  # FileWriter needs graph mode; the test process is eager
         writer = tf.summary.FileWriter(os.path.join(run_dir, 'tf'))
     for i, kimg in enumerate(kimgs):
-        values = {'accuracy/test': 40. + i, 'accuracy/valid': 41. + i, 'accuracy/raw/test': 30.,
+        values = {'accuracy/test': accuracy + i, 'accuracy/valid': 41. + i, 'accuracy/raw/test': 30.,
                   'losses/xe': 1. / (i + 1), 'progress/kimg': kimg}
         if with_unlabeled_loss:
             values['losses/l2u'] = 0.1 / (i + 1)
@@ -88,3 +88,15 @@ def test_bad_output_name_or_label_count(runs, tmp_path, out, labels, message):
     with pytest.raises(UserError, match=message):
         plot_curves.plot_runs(runs, str(tmp_path / out), labels)
     assert not os.path.exists(str(tmp_path / out))
+
+
+def test_an_arm_over_three_splits_is_its_median_and_range_at_the_steps_all_have(tmp_path):
+    runs = [write_run(str(tmp_path / ('s%d' % seed)), kimgs, accuracy=accuracy)
+            for seed, kimgs, accuracy in ((1, [1, 2, 3], 40.), (2, [1, 2, 3], 70.), (3, [1, 2], 50.))]
+    kimg, median, low, high = plot_curves.split_band(runs)
+    assert kimg == [1., 2.]  # the third split stops at 2 kimg
+    assert (list(median), list(low), list(high)) == ([50., 51.], [40., 41.], [70., 71.])
+    out = plot_curves.plot_split_medians({'realmix': runs, 'fixmatch': runs[:2]},
+                                         str(tmp_path / 'medians.png'), 'a study')
+    with Image.open(out) as image:
+        assert image.format == 'PNG' and image.size[0] > 500
