@@ -20,13 +20,13 @@ weight decay, two weak views of B unlabeled images):
                         'strong') for RandAugment + Cutout on the second (libml/randaugment.py)
     unlabeled_batch(hp)
                      -> unlabeled images per step and replica (default --batch)
-State across steps: a method may keep non-trainable variables of its own (`state_variable`); they
-are saved in and restored from checkpoints with the rest. losses() may return `state_update`, an op
-the step runs (the method orders it against the reads of its own losses).
-unlabeled_batch also holds `index`, each image's position in the unlabeled set.
     SHARES_STATE     True: losses() also gets `sum_over_replicas(tensors)` (the tensors summed
                         over every replica of every process, one collective) to build the same
                         state on every replica (FlexMatch, FreeMatch)
+State across steps: a method may keep non-trainable variables of its own (`state_variable`); they
+are saved in and restored from checkpoints with the rest. losses() may return `state_update`, an op
+the step runs (the method orders it against the reads of its own losses). The unlabeled batch
+also holds `index`, each image's position in the unlabeled set.
 
 A new method is one new module here: it is found by its file and selected with --method=NAME.
 """
