@@ -107,30 +107,23 @@ def leaky_relu(x, alpha=0.1):
 
 
 # Gradient name for the LeakyRelu ops made inside `bfloat16_gradients()`.
-LEAKY_RELU_FAST_GRADIENT = 'RealmixLeakyReluFromReluGrad'
+LEAKY_RELU_COMPILED_GRADIENT = 'RealmixLeakyReluGradByXla'
 
 
-def leaky_relu_gradient(grad, features, alpha):
-    """LeakyReluGrad's values without its select: r + alpha (grad - r), r = ReluGrad(grad, features).
-
-    r is grad (features > 0) or 0, so the sum is grad or alpha * grad, bit for bit as
-    LeakyReluGrad in float32 and bfloat16 (only the sign of a zero may differ). Its four ops
-    have vectorised bfloat16 CPU kernels; LeakyReluGrad's select runs element by element there.
-    """
-    passed = tf.raw_ops.ReluGrad(gradients=grad, features=features)
-    return passed + tf.constant(alpha, grad.dtype) * (grad - passed)
-
-
-@tf.RegisterGradient(LEAKY_RELU_FAST_GRADIENT)
-def _leaky_relu_fast_gradient(op, grad):
-    return leaky_relu_gradient(grad, op.inputs[0], op.get_attr('alpha'))
+@tf.RegisterGradient(LEAKY_RELU_COMPILED_GRADIENT)
+def _leaky_relu_compiled_gradient(op, grad):
+    """LeakyReluGrad itself, compiled by XLA: the same op and values, with the vectorised
+    bfloat16 code XLA generates where TensorFlow's CPU kernel converts element by element."""
+    with tf.xla.experimental.jit_scope():
+        return tf.raw_ops.LeakyReluGrad(gradients=grad, features=op.inputs[0],
+                                        alpha=op.get_attr('alpha'))
 
 
 def bfloat16_gradients(graph=None):
-    """Scope whose LeakyRelu ops take `leaky_relu_gradient`: oneDNN CPUs in bfloat16 (where
-    LeakyReluGrad is 10-20x slower than in float32); elsewhere LeakyReluGrad's one kernel wins."""
+    """Scope whose LeakyRelu ops take their gradient compiled by XLA: oneDNN CPUs in bfloat16
+    (where LeakyReluGrad's kernel is 10-20x slower than in float32); elsewhere it stays as is."""
     graph = graph or tf.get_default_graph()
-    return graph.gradient_override_map({'LeakyRelu': LEAKY_RELU_FAST_GRADIENT})
+    return graph.gradient_override_map({'LeakyRelu': LEAKY_RELU_COMPILED_GRADIENT})
 
 
 def sharpen(p, temperature):

@@ -5,10 +5,11 @@
     python scripts/benchmark_activation.py --shape=64,16,16,64 --threads=0
 
 Times each op from a traced run (kernel time only: inputs sit in variables of the dtype, so no
-cast is timed), the gradient both as TensorFlow's LeakyReluGrad ("before") and as
-layers.leaky_relu_gradient ("after", what --precision=mixed uses on CPU), checks that the two
-gradients agree bit for bit, and prints the medians and the bfloat16 / float32 ratios. These are
-TensorFlow's generic CPU kernels, so it runs on any CPU, with or without bfloat16 instructions.
+cast is timed), the gradient both as TensorFlow's LeakyReluGrad kernel ("before") and as the same
+op compiled by XLA inside layers.bfloat16_gradients() ("after", what --precision=mixed uses on
+CPU; XLA's launch ops, _XlaCompile and _XlaRun, counted), checks that the two gradients agree bit
+for bit, and prints the medians and the bfloat16 / float32 ratios. These are generic CPU kernels,
+so it runs on any CPU, with or without bfloat16 instructions.
 """
 
 import os
@@ -34,7 +35,8 @@ FLAGS = flags.FLAGS
 
 DTYPES = (tf.float32, tf.bfloat16)
 ROWS = (('forward', 'LeakyRelu'), ('gradient before', 'LeakyReluGrad'),
-        ('gradient after', 'ReluGrad, Sub, Mul, AddV2'))
+        ('gradient after', 'LeakyReluGrad by XLA'))
+XLA_LAUNCH = 'cluster_'  # XLA names its launch ops by the cluster, not by the ops compiled
 
 
 def parse_shape(text):
@@ -97,7 +99,9 @@ class Timing(object):
         self.session.run(fetch, options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE),
                          run_metadata=metadata)
         return sum(node.all_end_rel_micros * 1e-6 for device in metadata.step_stats.dev_stats
-                   for node in device.node_stats if node.node_name in names)
+                   if '/host:' not in device.device  # TF 1.15 lists XLA's ops twice
+                   for node in device.node_stats
+                   if node.node_name in names or node.node_name.startswith(XLA_LAUNCH))
 
     def medians(self, runs, warmup):
         """Median seconds of the forward, the gradient before and the gradient after."""
