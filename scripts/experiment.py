@@ -140,6 +140,12 @@ STUDIES = {
         flags=['--precision=mixed', '--tune_kimg=0', '--filters=16', '--repeat=2']
         + SHORT_SCHEDULE_FLAGS,
         prepare=dict(source='cifar10', split_size=250)),
+    # What --uratio=1 costs FixMatch there: its default 7 on one split (about 5x the time).
+    'cifar10_250_fixmatch_uratio7': dict(
+        dataset='cifar10.1@250-500', arms=['fixmatch'], arm_flags=FIXMATCH_ARMS,
+        train_kimg=128, report_kimg=16,
+        warmup_kimg=128, flags=['--precision=mixed', '--tune_kimg=0', '--filters=16', '--repeat=2']
+        + SHORT_SCHEDULE_FLAGS, prepare=dict(source='cifar10', split_size=250)),
     'cifar6_mismatch0': cifar6_mismatch('cifar6_mm0', '4,5,6,7'),
     'cifar6_mismatch100': cifar6_mismatch('cifar6_mm100', '0,1,8,9'),
 }
