@@ -92,6 +92,14 @@ METHOD_ARMS = collections.OrderedDict([
 FIXMATCH_ARMS = collections.OrderedDict(
     (name, ['--method=' + name]) for name in ('fixmatch', 'flexmatch', 'freematch'))
 
+def cifar10_250_small(**study):
+    """The seed's setting (CIFAR-10, 250 labels) at 128 kimg on cifar10_250's small network."""
+    return dict(dict(dataset='cifar10.1@250-500', train_kimg=128, report_kimg=16, warmup_kimg=128,
+                     flags=['--precision=mixed', '--tune_kimg=0', '--filters=16', '--repeat=2']
+                     + SHORT_SCHEDULE_FLAGS, prepare=dict(source='cifar10', split_size=250)),
+                **study)
+
+
 STUDIES = {
     'cifar10_4000': dict(
         dataset='cifar10.1@4000-500', arms=['supervised', 'realmix'], train_kimg=64, report_kimg=8,
@@ -130,22 +138,13 @@ STUDIES = {
     # small network of cifar10_250. The FixMatch family at --uratio=1: 192 images through the
     # network a step, as MixMatch and RealMix (64 labeled + 2 x 64 unlabeled), so every arm costs
     # about the same; at its default 7 (960 a step) an arm takes ~5x longer, beyond a 2-core CPU.
-    'cifar10_250_fixmatch': dict(
-        dataset='cifar10.1@250-500', seeds=[1, 2, 3],
-        arms=['supervised'] + list(FIXMATCH_ARMS) + ['mixmatch', 'realmix_tsa'],
+    'cifar10_250_fixmatch': cifar10_250_small(
+        seeds=[1, 2, 3], arms=['supervised'] + list(FIXMATCH_ARMS) + ['mixmatch', 'realmix_tsa'],
         arm_flags=collections.OrderedDict(
             [('realmix_tsa', ['--method=realmix', '--tsa=linear_schedule', '--percent_mask=-1'])]
-            + [(name, flags + ['--uratio=1']) for name, flags in FIXMATCH_ARMS.items()]),
-        train_kimg=128, report_kimg=16, warmup_kimg=128,
-        flags=['--precision=mixed', '--tune_kimg=0', '--filters=16', '--repeat=2']
-        + SHORT_SCHEDULE_FLAGS,
-        prepare=dict(source='cifar10', split_size=250)),
+            + [(name, flags + ['--uratio=1']) for name, flags in FIXMATCH_ARMS.items()])),
     # What --uratio=1 costs FixMatch there: its default 7 on one split (about 5x the time).
-    'cifar10_250_fixmatch_uratio7': dict(
-        dataset='cifar10.1@250-500', arms=['fixmatch'], arm_flags=FIXMATCH_ARMS,
-        train_kimg=128, report_kimg=16,
-        warmup_kimg=128, flags=['--precision=mixed', '--tune_kimg=0', '--filters=16', '--repeat=2']
-        + SHORT_SCHEDULE_FLAGS, prepare=dict(source='cifar10', split_size=250)),
+    'cifar10_250_fixmatch_uratio7': cifar10_250_small(arms=['fixmatch'], arm_flags=FIXMATCH_ARMS),
     'cifar6_mismatch0': cifar6_mismatch('cifar6_mm0', '4,5,6,7'),
     'cifar6_mismatch100': cifar6_mismatch('cifar6_mm100', '0,1,8,9'),
 }
